@@ -1,0 +1,43 @@
+"""Text spaces and the sanitising every observation goes through."""
+
+from __future__ import annotations
+
+import string
+
+from gymnasium import spaces
+
+# Gymnasium's Text default charset is alphanumeric only; agents read and write code and real data
+# (names with accents, en dashes, degree signs), so the charset is printable ASCII plus newline and
+# tab, the printable Latin-1 and Latin Extended-A/B letters, Greek and Cyrillic, general
+# punctuation, currency signs and a few common symbols: about 1,100 characters, small enough that
+# hundreds of env instances can each hold their own space. Anything else is replaced (not dropped)
+# so that the position of an odd character stays visible.
+_RANGES = ((0x00A1, 0x024F), (0x0370, 0x03FF), (0x0400, 0x04FF), (0x2010, 0x205E), (0x20A0, 0x20BF),
+           (0x2100, 0x214F), (0x2190, 0x21FF), (0x2200, 0x22FF))
+CHARSET: str = "".join(sorted(set(string.printable) - set("\r\x0b\x0c"))) + "".join(
+    chr(c) for lo, hi in _RANGES for c in range(lo, hi + 1) if chr(c).isprintable() and c != 0x00AD)
+_ALLOWED = frozenset(CHARSET)
+REPLACEMENT = "?"
+TRUNCATION_MARKER = "\n...[truncated {n} characters]"
+
+DEFAULT_MAX_OBS_CHARS = 8192
+DEFAULT_MAX_ACTION_CHARS = 8192
+
+
+def text_space(max_length: int) -> spaces.Text:
+    """A fresh Text space over :data:`CHARSET` (fresh: PettingZoo's seed tests need one per agent)."""
+    return spaces.Text(max_length=max_length, min_length=0, charset=CHARSET)
+
+
+def sanitize(text: str, max_length: int) -> str:
+    """Map ``text`` into :data:`CHARSET` and cut it to ``max_length`` with a visible marker."""
+    if not isinstance(text, str):
+        text = str(text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not _ALLOWED.issuperset(text):
+        text = "".join(c if c in _ALLOWED else REPLACEMENT for c in text)
+    if len(text) > max_length:
+        # Size the marker for the worst case first, then state the exact number of cut characters.
+        keep = max(0, max_length - len(TRUNCATION_MARKER.format(n=len(text))))
+        text = (text[:keep] + TRUNCATION_MARKER.format(n=len(text) - keep))[:max_length]
+    return text

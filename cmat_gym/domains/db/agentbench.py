@@ -1,0 +1,90 @@
+"""Loading AgentBench dbbench files (JSON list or JSONL) as :class:`Task` objects."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+from cmat_gym.core.task import Task
+
+MUTATION_KINDS = ("INSERT", "UPDATE", "DELETE")
+_MD5 = re.compile(r"[0-9a-f]{32}")
+
+
+def read_records(path: str) -> list[dict[str, Any]]:
+    """The raw records of a JSON (a list) or JSONL (one object a line) file."""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        records = json.loads(stripped)
+    else:
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"Expects {path} to hold JSON objects, one per task")
+    return records
+
+
+def parse_answer_md5(raw: Any) -> str | None:
+    """AgentBench stores the gold hash as the repr of a MySQL result, e.g. ``"[('e638...',)]"``."""
+    if raw is None:
+        return None
+    hashes = _MD5.findall(str(raw))
+    if hashes:
+        return "_".join(sorted(hashes))  # several tables: AgentBench joins the sorted hashes with "_"
+    return None
+
+
+def record_to_task(record: dict[str, Any], task_id: str) -> Task:
+    """One dbbench record as a Task (columns created as TEXT, as AgentBench does)."""
+    raw_tables = record["table"] if isinstance(record["table"], list) else [record["table"]]
+    tables = [
+        {
+            "name": t["table_name"],
+            "columns": [[c["name"], "TEXT"] for c in t["table_info"]["columns"]],
+            "rows": [[None if v is None else str(v) for v in row] for row in t["table_info"]["rows"]],
+            "primary_key": None,
+            "foreign_keys": [],
+        }
+        for t in raw_tables
+    ]
+    kind = record["type"][0] if isinstance(record["type"], list) else str(record["type"])
+    if kind in MUTATION_KINDS:
+        gold_sql = [s for s in record.get("label", []) if isinstance(s, str)]
+        label: list[str] = []
+    else:
+        sql = record.get("sql")
+        query = sql.get("query") if isinstance(sql, dict) else sql
+        gold_sql = [query] if isinstance(query, str) and query.strip() else []
+        label = ["" if v is None else str(v) for v in record.get("label", [])]
+    context = record.get("add_description") or _describe(tables)
+    evidence = record.get("evidence")
+    if evidence:
+        context = f"{context}\nEvidence: {evidence}"
+    payload = {
+        "source": "agentbench",
+        "kind": kind,
+        "tables": tables,
+        "gold_sql": gold_sql,
+        "label": label,
+        "answer_md5": parse_answer_md5(record.get("answer_md5")) if kind in MUTATION_KINDS else None,
+        "target_table": tables[0]["name"],
+    }
+    return Task(domain="db", task_id=task_id, instruction=record["description"], context=context,
+                payload=payload, split="test", difficulty=0)
+
+
+def load_dbbench(path: str | os.PathLike[str]) -> list[Task]:
+    """Every task of a dbbench file; ``task_id`` is ``dbbench/<file name>/<index>``."""
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    return [record_to_task(r, f"dbbench/{name}/{i}") for i, r in enumerate(read_records(path))]
+
+
+def _describe(tables: list[dict[str, Any]]) -> str:
+    return "\n".join(
+        f"The name of this table is {t['name']}, and the headers of this table are "
+        f"{','.join(c[0] for c in t['columns'])}." for t in tables
+    )

@@ -1,0 +1,181 @@
+"""cmat/DB-v0: answer questions about, and make changes to, a real SQL database."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from cmat_gym.core.actions import Grammar
+from cmat_gym.core.env import Evaluation, TextEnv
+from cmat_gym.core.task import Task
+from cmat_gym.domains.db import scoring
+from cmat_gym.domains.db.agentbench import MUTATION_KINDS, load_dbbench
+from cmat_gym.domains.db.backend import QueryResult, SQLiteSandbox, Table, agentbench_table_hash
+
+GRAMMAR = Grammar(
+    operation_tool="execute_sql",
+    operation_arg="sql",
+    answer_tool="commit_final_answer",
+    answer_arg="answers",
+    code_languages=("sql", "sqlite", "mysql"),
+    operation_example="Action: Operation\n```sql\nSELECT * FROM table_name LIMIT 3;\n```",
+    answer_example='Action: Answer\nFinal Answer: ["answer 1", "answer 2"]',
+)
+
+MAX_CELL_CHARS = 200
+
+
+class DBEnv(TextEnv):
+    """Answer a question about, or make a requested change to, a SQLite database.
+
+    Each episode loads a fresh in-memory database (:class:`~cmat_gym.domains.db.backend.SQLiteSandbox`)
+    with the task's tables. The Assistant runs one SQL statement per turn and sees the result as a
+    database client prints it; it ends the episode by committing a final answer (for a change, the
+    answer text is ignored and the table itself is graded).
+
+    **Task format**: the first observation is the request, then the tables' names and columns.
+    Procedural tasks (``tasks="procedural"``) are generated from the seed (unlimited, 8+ schema
+    families, all AgentBench question kinds, difficulty 1-3, disjoint train/test splits); AgentBench
+    dbbench files load with ``tasks="path/to/dev.jsonl"``.
+
+    **Actions**: AgentBench's text protocol (``Action: Operation`` with a fenced ``sql`` block, or
+    ``Action: Answer`` with ``Final Answer: [...]``) or a JSON tool call (``execute_sql`` with
+    ``sql``, ``commit_final_answer`` with ``answers``). Malformed actions come back as an error
+    observation, cost a round and change nothing.
+
+    **Reward**: 0 until the final answer, then 1 if it is correct and 0 otherwise, graded as
+    AgentBench grades (SELECT answers after normalisation, changes by AgentBench's table hash).
+    ``info["dense_score"]`` holds a graded score (answer F1, or row-level table similarity).
+
+    **Episode end**: ``terminated`` on a final answer; ``truncated`` after ``max_rounds``
+    operations (default 20, as AgentBench).
+    """
+
+    domain = "db"
+    grammar = GRAMMAR
+    default_max_rounds = 20
+
+    def __init__(self, *args: Any, statement_timeout_s: float = 2.0, max_result_rows: int = 50, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sandbox = SQLiteSandbox(timeout_s=statement_timeout_s, max_rows=max_result_rows)
+
+    # ----------------------------------------------------------------- tasks
+    @classmethod
+    def generate_task(cls, seed: int, split: str, difficulty: int) -> Task:
+        from cmat_gym.domains.db.tasks import generate_task
+
+        return generate_task(seed, split, difficulty)
+
+    @classmethod
+    def task_from_id(cls, task_id: str) -> Task:
+        from cmat_gym.domains.db.tasks import task_from_id
+
+        return task_from_id(task_id)
+
+    @classmethod
+    def load_tasks(cls, path: str) -> list[Task]:
+        return load_dbbench(path)
+
+    @classmethod
+    def oracle_actions(cls, task: Task) -> list[str]:
+        payload = task.payload
+        actions = [f"Action: Operation\n```sql\n{sql}\n```" for sql in payload["gold_sql"]]
+        answer = payload["label"] if payload["kind"] not in MUTATION_KINDS else ["done"]
+        actions.append(f"Action: Answer\nFinal Answer: {_json_list(answer)}")
+        return actions
+
+    # ----------------------------------------------------------------- episode
+    def _setup(self, task: Task) -> None:
+        self.sandbox.load(tables_of(task))
+
+    def _execute(self, code: str) -> str:
+        return format_result(self.sandbox.execute(code))
+
+    def _evaluate(self, answers: list[str]) -> Evaluation:
+        payload = self.task.payload
+        if payload["kind"] in MUTATION_KINDS:
+            return self._evaluate_change()
+        label = payload["label"]
+        success = scoring.answers_match(answers, label)
+        return Evaluation(float(success), success, scoring.answer_overlap(answers, label),
+                          {"kind": payload["kind"], "answer": answers})
+
+    def _evaluate_change(self) -> Evaluation:
+        payload = self.task.payload
+        tables = [t["name"] for t in payload["tables"]]
+        got = combined_table_hash(self.sandbox, tables)
+        success = got is not None and got == payload.get("answer_md5")
+        dense = 1.0 if success else self._change_similarity()
+        return Evaluation(float(success), success, dense, {"kind": payload["kind"], "table_hash": got})
+
+    def _change_similarity(self) -> float:
+        """Row-level similarity of the changed table to the gold result (replays the gold SQL aside)."""
+        payload = self.task.payload
+        target = payload["target_table"]
+        gold = SQLiteSandbox(timeout_s=self.sandbox.timeout_s)
+        try:
+            gold.load(tables_of(self.task))
+            for sql in payload["gold_sql"]:
+                gold.execute(sql)
+            return scoring.row_diff_score(self.sandbox.table_rows(target), gold.table_rows(target))
+        finally:
+            gold.close()
+
+    def _teardown(self) -> None:
+        self.sandbox.close()
+
+
+def tables_of(task: Task) -> list[Table]:
+    """The task's tables as backend :class:`Table` objects."""
+    return [
+        Table(t["name"], [tuple(c) for c in t["columns"]], t["rows"], t.get("primary_key"),
+              [tuple(fk) for fk in t.get("foreign_keys", [])])
+        for t in task.payload["tables"]
+    ]
+
+
+def combined_table_hash(sandbox: SQLiteSandbox, tables: Sequence[str]) -> str | None:
+    """AgentBench's fingerprint of a task's tables: per-table hashes, sorted, joined with "_"."""
+    hashes = [agentbench_table_hash(sandbox.table_rows(name)) for name in tables]
+    if len(hashes) == 1:
+        return hashes[0]
+    return "_".join(sorted(str(h) for h in hashes))
+
+
+def format_result(result: QueryResult) -> str:
+    """A statement's result as a database client prints it (capped; cut rows are announced)."""
+    if result.error:
+        return f"Error: {result.error}"
+    if not result.is_query:
+        n = result.rowcount
+        return f"Query OK, {n} row{'s' if n != 1 else ''} affected." if n >= 0 else "Query OK."
+    header = [_cell(c) for c in result.columns]
+    body = [[_cell(v) for v in row] for row in result.rows]
+    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    lines = [rule, line(header), rule, *(line(r) for r in body), rule]
+    n = len(body)
+    if result.more_rows:
+        lines.append(f"{n} rows shown; more rows were cut (add LIMIT or aggregate).")
+    else:
+        lines.append(f"{n} row{'s' if n != 1 else ''} in set")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        text = "NULL"
+    elif isinstance(value, bytes):
+        text = f"<blob {len(value)} bytes>"
+    else:
+        text = str(value).replace("\n", "\\n").replace("\t", " ")
+    return text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 3] + "..."
+
+
+def _json_list(values: Sequence[str]) -> str:
+    return json.dumps(list(values), ensure_ascii=False)
