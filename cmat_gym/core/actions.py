@@ -71,9 +71,13 @@ class ActionError:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-_ACTION_LINE = re.compile(r"^\s*\**\s*Action\s*\**\s*[:：]\s*\**\s*([A-Za-z_]+)", re.IGNORECASE | re.MULTILINE)
+# Possessive quantifiers (no backtracking): with plain ``\s*`` runs of blank lines or spaces made the
+# search cubic (4,000 newlines took minutes). ``[^\S\n]`` is whitespace within one line.
+_ACTION_LINE = re.compile(r"^[^\S\n]*+\**+[^\S\n]*+Action[^\S\n]*+\**+[^\S\n]*+[:：]\s*+\**+\s*+([A-Za-z_]+)",
+                          re.IGNORECASE | re.MULTILINE)
+_FENCE_HEADER = re.compile(r"[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n?")
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n?(.*?)```", re.DOTALL)
-_FINAL_ANSWER = re.compile(r"Final\s*Answer\s*[:：]\s*(.*)", re.IGNORECASE | re.DOTALL)
+_FINAL_ANSWER = re.compile(r"Final\s*+Answer\s*+\**+\s*+[:：]\s*+\**+\s*+(.*)", re.IGNORECASE | re.DOTALL)
 
 
 def parse_action(text: str, grammar: Grammar) -> ParsedAction | ActionError:
@@ -117,25 +121,39 @@ def _parse_text_protocol(text: str, grammar: Grammar) -> ParsedAction | ActionEr
 
 
 def _fenced_code(text: str, grammar: Grammar) -> str | None:
-    for lang, body in _FENCE.findall(text):
-        if not lang or lang.lower() in grammar.code_languages:
-            return body
-    # An unterminated fence at the end of a generation (the model hit its token limit or a stop
-    # string ate the closing backticks) still carries the intended code.
-    tail = re.search(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*)\Z", text, re.DOTALL)
-    if tail and (not tail.group(1) or tail.group(1).lower() in grammar.code_languages):
-        return tail.group(2)
+    """The body of the first fenced block with no language or an accepted one.
+
+    Written with ``str.find`` rather than one DOTALL regex: this runs on every step, and the regex
+    was the slowest part of a step.
+    """
+    pos = 0
+    while (start := text.find("```", pos)) >= 0:
+        header = _FENCE_HEADER.match(text, start + 3)
+        lang, body_start = header.group(1).lower(), header.end()
+        accepted = not lang or lang in grammar.code_languages
+        end = text.find("```", body_start)
+        if end < 0:
+            # An unterminated fence at the end of a generation (the model hit its token limit or a
+            # stop string ate the closing backticks) still carries the intended code.
+            return text[body_start:] if accepted and text[body_start - 1 : body_start] == "\n" else None
+        if accepted:
+            return text[body_start:end]
+        pos = end + 3
     return None
 
 
 def _parse_json_call(text: str, grammar: Grammar) -> ParsedAction | ActionError | None:
     """A JSON tool call, or None when the text is not JSON at all (then the text protocol is tried)."""
     candidate = text.strip()
-    fence = _FENCE.search(candidate)
-    if not candidate.startswith("{") and fence and fence.group(1).lower() in ("", "json"):
-        candidate = fence.group(2).strip()
     if not candidate.startswith("{"):
-        return None
+        if "{" not in candidate or "```" not in candidate:
+            return None  # the common text-protocol case: no regex work here
+        fence = _FENCE.search(candidate)
+        if not (fence and fence.group(1).lower() in ("", "json")):
+            return None
+        candidate = fence.group(2).strip()
+        if not candidate.startswith("{"):
+            return None
     try:
         obj = json.loads(candidate)
     except (json.JSONDecodeError, RecursionError):
@@ -164,7 +182,7 @@ def _parse_json_call(text: str, grammar: Grammar) -> ParsedAction | ActionError 
             return ActionError(f"'{tool}' needs the argument '{grammar.answer_arg}'.")
         value = args[grammar.answer_arg]
         answers = value if isinstance(value, list) else [value]
-        return ParsedAction(ANSWER, [a if isinstance(a, str) else json.dumps(a) for a in answers], "json")
+        return ParsedAction(ANSWER, [_scalar_text(a) for a in answers], "json")
     if tool is None:
         return None
     return ActionError(
@@ -182,12 +200,14 @@ def parse_answer_list(raw: str) -> list[str]:
     # Only the first line-block up to a closing bracket belongs to the answer.
     if raw.startswith("["):
         depth, end = 0, None
-        quote = None
+        quote, escaped = None, False
         for i, c in enumerate(raw):
             if quote:
-                if c == "\\":
-                    continue
-                if c == quote:
+                if escaped:  # the character after a backslash never closes the string
+                    escaped = False
+                elif c == "\\":
+                    escaped = True
+                elif c == quote:
                     quote = None
             elif c in "\"'":
                 quote = c
@@ -221,11 +241,15 @@ def _scalar_text(value: Any) -> str:
 
 def _split_items(body: str) -> list[str]:
     """Split ``a, 'b, c', "d"`` on top-level commas, respecting quotes and brackets."""
-    items, current, quote, depth = [], [], None, 0
+    items, current, quote, depth, escaped = [], [], None, 0, False
     for c in body:
         if quote:
             current.append(c)
-            if c == quote:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == quote:
                 quote = None
         elif c in "\"'":
             quote = c
@@ -250,5 +274,6 @@ def _strip_quotes(item: str) -> str:
     if item.startswith("(") and item.endswith(")"):  # a one-element tuple like ('x',)
         item = item[1:-1].rstrip(",").strip()
     if len(item) >= 2 and item[0] == item[-1] and item[0] in "\"'":
-        return item[1:-1]
+        inner = item[1:-1]
+        return re.sub(r"\\([\\'\"])", r"\1", inner) if "\\" in inner else inner  # 'O\'Brien' -> O'Brien
     return item

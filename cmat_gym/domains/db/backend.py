@@ -17,6 +17,7 @@ Agent SQL is hostile input. Each episode gets a fresh ``:memory:`` database, and
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -29,7 +30,17 @@ _READONLY_PRAGMAS = frozenset(
 )
 _DENIED_FUNCTIONS = frozenset({"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"})
 
+# Every operation the authorizer exists to stop is spelled with one of these words in the statement's
+# own text: SQLite has no dynamic SQL, ATTACH/DETACH/VACUUM/PRAGMA cannot appear inside a trigger,
+# and views and triggers run under trusted_schema=OFF, which refuses virtual tables and unsafe
+# functions inside schema objects. So statements without them skip the Python authorizer callback,
+# which costs ~10 us a statement (a third of a typical step). load_extension() is also off at the C
+# level (SQLite's default), and SQLITE_LIMIT_ATTACHED = 0 refuses ATTACH on its own.
+_NEEDS_AUTHORIZER = re.compile(r"attach|detach|vacuum|pragma|virtual|extension|fts\d|rtree|readfile|writefile|edit\s*\(",
+                               re.IGNORECASE)
+
 _MAX_PAGES = 16_384  # x 4 KiB pages = 64 MiB per schema (main and temp)
+_TRUSTED_TIMEOUT_S = 5.0  # the project's own queries (scoring) read at most a few capped tables
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,7 @@ class SQLiteSandbox:
         self.max_rows = max_rows
         self.max_value_bytes = max_value_bytes
         self._conn: sqlite3.Connection | None = None
+        self._authorizer_on = False
         self._deadline = 0.0
         self._trusted = False
 
@@ -103,9 +115,9 @@ class SQLiteSandbox:
         for pragma in ("temp_store = MEMORY", f"max_page_count = {_MAX_PAGES}",
                        f"temp.max_page_count = {_MAX_PAGES}", "foreign_keys = ON", "trusted_schema = OFF"):
             conn.execute(f"PRAGMA {pragma}")
-        conn.set_authorizer(self._authorize)
         conn.set_progress_handler(self._check_deadline, 2000)
         self._conn = conn
+        self._authorizer_on = False
         self._trusted = True
         try:
             conn.execute("BEGIN")
@@ -132,11 +144,16 @@ class SQLiteSandbox:
     # -------------------------------------------------------------- execution
     def execute(self, sql: str) -> QueryResult:
         """Run one untrusted statement under every limit; errors come back in ``error``."""
+        conn = self.conn
+        risky = isinstance(sql, str) and _NEEDS_AUTHORIZER.search(sql) is not None
+        if risky != self._authorizer_on:
+            conn.set_authorizer(self._authorize if risky else None)
+            self._authorizer_on = risky
         started = time.perf_counter()
         self._deadline = started + self.timeout_s
         result = QueryResult()
         try:
-            cursor = self.conn.execute(sql)
+            cursor = conn.execute(sql)
             if cursor.description:
                 result.columns = [d[0] for d in cursor.description]
                 rows = cursor.fetchmany(self.max_rows + 1)
@@ -159,12 +176,18 @@ class SQLiteSandbox:
         return result
 
     def query_trusted(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run the project's own SQL (scoring, dry runs) without the authorizer's restrictions."""
+        """Run the project's own SQL (scoring, dry runs) without the authorizer's restrictions.
+
+        Still under a deadline: the agent may have replaced a table by a view that never ends
+        (``CREATE VIEW t AS WITH RECURSIVE ...``), and reading it must not hang the scorer.
+        """
         self._trusted = True
+        self._deadline = time.perf_counter() + max(self.timeout_s, _TRUSTED_TIMEOUT_S)
         try:
             return [tuple(r) for r in self.conn.execute(sql, params).fetchall()]
         finally:
             self._trusted = False
+            self._deadline = 0.0
 
     @staticmethod
     def _aborted_transaction(message: str) -> bool:
@@ -190,6 +213,13 @@ class SQLiteSandbox:
     # -------------------------------------------------------------- inspection
     def table_rows(self, table: str) -> list[tuple[Any, ...]]:
         return self.query_trusted(f"SELECT * FROM {quote_ident(table)}")
+
+    def tables_hash(self, tables: Sequence[str]) -> str | None:
+        """AgentBench's fingerprint of a task's tables: per-table hashes, sorted, joined with "_"."""
+        hashes = [agentbench_table_hash(self.table_rows(name)) for name in tables]
+        if len(hashes) == 1:
+            return hashes[0]
+        return "_".join(sorted(str(h) for h in hashes))
 
     def table_names(self) -> list[str]:
         return [r[0] for r in self.query_trusted(

@@ -11,7 +11,7 @@ from cmat_gym.core.env import Evaluation, TextEnv
 from cmat_gym.core.task import Task
 from cmat_gym.domains.db import scoring
 from cmat_gym.domains.db.agentbench import MUTATION_KINDS, load_dbbench
-from cmat_gym.domains.db.backend import QueryResult, SQLiteSandbox, Table, agentbench_table_hash
+from cmat_gym.domains.db.backend import QueryResult, SQLiteSandbox, Table
 
 GRAMMAR = Grammar(
     operation_tool="execute_sql",
@@ -104,7 +104,7 @@ class DBEnv(TextEnv):
     def _evaluate_change(self) -> Evaluation:
         payload = self.task.payload
         tables = [t["name"] for t in payload["tables"]]
-        got = combined_table_hash(self.sandbox, tables)
+        got = self.sandbox.tables_hash(tables)
         success = got is not None and got == payload.get("answer_md5")
         dense = 1.0 if success else self._change_similarity()
         return Evaluation(float(success), success, dense, {"kind": payload["kind"], "table_hash": got})
@@ -135,14 +135,6 @@ def tables_of(task: Task) -> list[Table]:
     ]
 
 
-def combined_table_hash(sandbox: SQLiteSandbox, tables: Sequence[str]) -> str | None:
-    """AgentBench's fingerprint of a task's tables: per-table hashes, sorted, joined with "_"."""
-    hashes = [agentbench_table_hash(sandbox.table_rows(name)) for name in tables]
-    if len(hashes) == 1:
-        return hashes[0]
-    return "_".join(sorted(str(h) for h in hashes))
-
-
 def format_result(result: QueryResult) -> str:
     """A statement's result as a database client prints it (capped; cut rows are announced)."""
     if result.error:
@@ -152,13 +144,13 @@ def format_result(result: QueryResult) -> str:
         return f"Query OK, {n} row{'s' if n != 1 else ''} affected." if n >= 0 else "Query OK."
     header = [_cell(c) for c in result.columns]
     body = [[_cell(v) for v in row] for row in result.rows]
-    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)]
-    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    lines = [rule, line(header), rule, *(line(r) for r in body), rule]
+    widths = [len(h) for h in header]
+    for row in body:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    rule = "+" + "+".join(["-" * (w + 2) for w in widths]) + "+"
+    lines = [rule, _line(header, widths), rule]
+    lines += [_line(row, widths) for row in body]
+    lines.append(rule)
     n = len(body)
     if result.more_rows:
         lines.append(f"{n} rows shown; more rows were cut (add LIMIT or aggregate).")
@@ -167,13 +159,18 @@ def format_result(result: QueryResult) -> str:
     return "\n".join(lines)
 
 
+def _line(cells: Sequence[str], widths: Sequence[int]) -> str:
+    return "| " + " | ".join([c.ljust(w) for c, w in zip(cells, widths, strict=True)]) + " |"
+
+
 def _cell(value: Any) -> str:
     if value is None:
-        text = "NULL"
-    elif isinstance(value, bytes):
-        text = f"<blob {len(value)} bytes>"
-    else:
-        text = str(value).replace("\n", "\\n").replace("\t", " ")
+        return "NULL"
+    if isinstance(value, bytes):
+        return f"<blob {len(value)} bytes>"
+    text = value if isinstance(value, str) else str(value)
+    if "\n" in text or "\t" in text:
+        text = text.replace("\n", "\\n").replace("\t", " ")
     return text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 3] + "..."
 
 

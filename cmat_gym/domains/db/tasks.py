@@ -42,7 +42,7 @@ from typing import Any
 
 from cmat_gym.core.rng import StableRandom
 from cmat_gym.core.task import SPLITS, Task
-from cmat_gym.domains.db.backend import SQLiteSandbox, Table, agentbench_table_hash, quote_ident
+from cmat_gym.domains.db.backend import SQLiteSandbox, Table, quote_ident
 
 QUESTION_KINDS: tuple[str, ...] = (
     "counting", "comparison", "ranking", "aggregation-SUM", "aggregation-MIN", "aggregation-MAX",
@@ -1394,7 +1394,9 @@ def _solve(cand: _Candidate) -> tuple[list[str], str | None]:
     sandbox = SQLiteSandbox()
     try:
         sandbox.load([t.to_table() for t in cand.tables])
-        before = agentbench_table_hash(sandbox.table_rows(cand.target.name))
+        # Graded like AgentBench: the fingerprint of every table of the task, not just the target.
+        names = [t.name for t in cand.tables]
+        before = sandbox.tables_hash(names)
         result = None
         for sql in cand.question.gold_sql:
             result = sandbox.execute(sql)
@@ -1402,7 +1404,7 @@ def _solve(cand: _Candidate) -> tuple[list[str], str | None]:
                 raise RuntimeError(f"Gold SQL failed ({result.error}): {sql}")
         assert result is not None
         if cand.kind in MUTATION_KINDS:
-            after = agentbench_table_hash(sandbox.table_rows(cand.target.name))
+            after = sandbox.tables_hash(names)
             if after == before:
                 raise RuntimeError(f"Gold SQL changed nothing: {cand.question.gold_sql}")
             return [], after

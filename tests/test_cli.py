@@ -1,0 +1,181 @@
+"""The cmat-gym command: list, play, eval, and its errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import gymnasium as gym
+import pytest
+
+from cmat_gym import cli
+from cmat_gym.domains.db.env import DBEnv
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_list_shows_db(capsys) -> None:
+    status, out, _ = run_cli(capsys, "list")
+    assert status == 0
+    assert "cmat/DB-v0" in out and "SQLite" in out
+
+
+def test_entry_point_runs_as_a_module() -> None:
+    done = subprocess.run([sys.executable, "-m", "cmat_gym.cli", "list"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "cmat/DB-v0" in done.stdout
+
+
+def check_report(report: dict, env: str, policy: str, episodes: int) -> None:
+    assert {"env", "policy", "episodes", "successes", "success_rate", "ci95", "results"} <= set(report)
+    assert report["env"] == env and report["policy"] == policy and report["episodes"] == episodes
+    assert len(report["results"]) == episodes
+    for result in report["results"]:
+        assert set(result) == {"task_id", "success", "score", "steps"}
+        assert isinstance(result["success"], bool) and isinstance(result["steps"], int)
+    assert report["successes"] == sum(r["success"] for r in report["results"])
+    assert report["success_rate"] == pytest.approx(report["successes"] / episodes)
+    low, high = report["ci95"]
+    assert 0.0 <= low <= report["success_rate"] <= high <= 1.0
+
+
+def test_eval_json_oracle_procedural(capsys) -> None:
+    status, out, _ = run_cli(capsys, "eval", "--env", "cmat/DB-v0", "--policy", "oracle", "--episodes", "5",
+                             "--json", "--seed", "3", "--split", "test", "--difficulty", "2")
+    assert status == 0
+    report = json.loads(out)  # exactly one JSON object on stdout
+    check_report(report, "cmat/DB-v0", "oracle", 5)
+    assert report["success_rate"] == 1.0
+    assert len({r["task_id"] for r in report["results"]}) == 5  # episode i uses seed+i: different tasks
+
+
+def test_eval_json_is_reproducible(capsys) -> None:
+    outputs = [run_cli(capsys, "eval", "--policy", "random", "--episodes", "4", "--json", "--seed", "9")[1]
+               for _ in range(2)]
+    assert outputs[0] == outputs[1]
+
+
+def test_eval_json_oracle_agentbench(capsys, agentbench_db_path) -> None:
+    status, out, _ = run_cli(capsys, "eval", "--tasks", str(agentbench_db_path), "--policy", "oracle", "--json")
+    assert status == 0
+    report = json.loads(out)
+    check_report(report, "cmat/DB-v0", "oracle", 60)
+    assert report["success_rate"] == 1.0
+    assert [r["task_id"] for r in report["results"]] == [f"dbbench/dev.jsonl/{i}" for i in range(60)]
+
+
+def test_eval_random_policy_mostly_fails(capsys, agentbench_db_path) -> None:
+    for extra in ([], ["--tasks", str(agentbench_db_path)]):
+        status, out, _ = run_cli(capsys, "eval", "--policy", "random", "--episodes", "30", "--json", *extra)
+        assert status == 0
+        report = json.loads(out)
+        check_report(report, "cmat/DB-v0", "random", 30)
+        assert report["success_rate"] < 0.5
+
+
+def test_eval_text_summary(capsys) -> None:
+    status, out, err = run_cli(capsys, "eval", "--policy", "oracle", "--episodes", "3")
+    assert status == 0
+    assert "success rate 1.000 (3/3)" in out and "95% CI" in out
+    assert "episodes" in err  # the progress bar goes to stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["eval", "--env", "cmat/Nope-v0"], "unknown env"),
+        (["eval", "--env", "CartPole-v1"], "unknown env"),
+        (["eval", "--tasks", "/no/such/file.jsonl"], "not found"),
+        (["eval", "--policy", "nobody"], "Expects a policy in"),
+        (["eval", "--episodes", "0"], "at least 1"),
+        (["play", "--tasks", "/no/such/file.jsonl"], "not found"),
+    ],
+)
+def test_bad_input_is_a_message_not_a_traceback(capsys, argv: list[str], message: str) -> None:
+    status, out, err = run_cli(capsys, *argv)
+    assert status != 0
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_task_file_is_a_message(capsys, tmp_path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("this is not json\n")
+    status, _, err = run_cli(capsys, "eval", "--tasks", str(bad))
+    assert status == 2 and "cannot make" in err
+
+
+def test_argparse_errors_exit_non_zero(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["eval", "--difficulty", "7"])
+    assert exc.value.code != 0
+
+
+def play_with(capsys, monkeypatch, stdin: str, *argv: str) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    status, out, _ = run_cli(capsys, "play", *argv)
+    return status, out
+
+
+def test_play_solves_a_task_from_scripted_stdin(capsys, monkeypatch) -> None:
+    task = DBEnv.generate_task(5, "train", 1)
+    script = "".join(action + "\n\n" for action in DBEnv.oracle_actions(task))
+    status, out = play_with(capsys, monkeypatch, script, "--task-index", "5", "--difficulty", "1")
+    assert status == 0
+    assert task.instruction in out
+    assert "Episode finished: success=True score=1" in out
+
+
+def test_play_accepts_plain_sql_and_a_one_line_answer(capsys, monkeypatch) -> None:
+    index = next(i for i in range(100)
+                 if DBEnv.generate_task(i, "train", 1).payload["kind"] not in ("INSERT", "UPDATE", "DELETE"))
+    task = DBEnv.generate_task(index, "train", 1)
+    stdin = f"{task.payload['gold_sql'][0]}\n\nFinal Answer: {json.dumps(task.payload['label'])}\n"
+    status, out = play_with(capsys, monkeypatch, stdin, "--task-index", str(index), "--difficulty", "1")
+    assert status == 0
+    assert "in set" in out  # the query ran and its result table was shown
+    assert "success=True" in out
+
+
+def test_play_a_file_task(capsys, monkeypatch, agentbench_db_path) -> None:
+    task = DBEnv.load_tasks(str(agentbench_db_path))[3]
+    script = "".join(action + "\n\n" for action in DBEnv.oracle_actions(task))
+    status, out = play_with(capsys, monkeypatch, script, "--tasks", str(agentbench_db_path), "--task-index", "3")
+    assert status == 0
+    assert task.instruction in out and "success=True" in out
+
+
+def test_play_bad_task_index_is_a_message(capsys, monkeypatch, agentbench_db_path) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    status, _, err = run_cli(capsys, "play", "--tasks", str(agentbench_db_path), "--task-index", "999")
+    assert status == 2 and "task_index" in err
+
+
+def test_play_exits_cleanly_on_eof(capsys, monkeypatch) -> None:
+    status, out = play_with(capsys, monkeypatch, "SELECT 1\n\n", "--task-index", "2")
+    assert status == 0
+    assert "| 1 |" in out and "End of input" in out
+
+
+def test_read_action_rules() -> None:
+    stream = io.StringIO('\n\nAction: Operation\n```sql\nSELECT 1\n```\n\n{"tool": "x", "args": {}}\n'
+                         "Action: Answer\nFinal Answer: [1]\nleft over")
+    assert cli.read_action(stream) == "Action: Operation\n```sql\nSELECT 1\n```"
+    assert cli.read_action(stream) == '{"tool": "x", "args": {}}'
+    assert cli.read_action(stream) == "Action: Answer\nFinal Answer: [1]"
+    assert cli.read_action(stream) == "left over"
+    assert cli.read_action(stream) is None
+
+
+def test_as_operation_wraps_only_plain_text() -> None:
+    env = gym.make("cmat/DB-v0")
+    wrapped = json.loads(cli.as_operation("SELECT * FROM transactions", env))
+    assert wrapped == {"tool": "execute_sql", "args": {"sql": "SELECT * FROM transactions"}}
+    for text in ("Action: Answer\nFinal Answer: [1]", "final answer: 3", '{"tool": "execute_sql"}',
+                 "```sql\nSELECT 1\n```"):
+        assert cli.as_operation(text, env) == text
+    env.close()
