@@ -36,8 +36,8 @@ _DENIED_FUNCTIONS = frozenset({"load_extension", "readfile", "writefile", "edit"
 # functions inside schema objects. So statements without them skip the Python authorizer callback,
 # which costs ~10 us a statement (a third of a typical step). load_extension() is also off at the C
 # level (SQLite's default), and SQLITE_LIMIT_ATTACHED = 0 refuses ATTACH on its own.
-_NEEDS_AUTHORIZER = re.compile(r"attach|detach|vacuum|pragma|virtual|extension|fts\d|rtree|readfile|writefile|edit\s*\(",
-                               re.IGNORECASE)
+# Matched against the lower-cased text: an IGNORECASE alternation costs ~25 us on a short statement.
+_NEEDS_AUTHORIZER = re.compile(r"attach|detach|vacuum|pragma|virtual|extension|fts\d|rtree|readfile|writefile|edit\s*\(")
 
 _MAX_PAGES = 16_384  # x 4 KiB pages = 64 MiB per schema (main and temp)
 _TRUSTED_TIMEOUT_S = 5.0  # the project's own queries (scoring) read at most a few capped tables
@@ -145,7 +145,7 @@ class SQLiteSandbox:
     def execute(self, sql: str) -> QueryResult:
         """Run one untrusted statement under every limit; errors come back in ``error``."""
         conn = self.conn
-        risky = isinstance(sql, str) and _NEEDS_AUTHORIZER.search(sql) is not None
+        risky = isinstance(sql, str) and _NEEDS_AUTHORIZER.search(sql.lower()) is not None
         if risky != self._authorizer_on:
             conn.set_authorizer(self._authorize if risky else None)
             self._authorizer_on = risky
@@ -158,7 +158,7 @@ class SQLiteSandbox:
                 result.columns = [d[0] for d in cursor.description]
                 rows = cursor.fetchmany(self.max_rows + 1)
                 result.more_rows = len(rows) > self.max_rows
-                result.rows = [tuple(r) for r in rows[: self.max_rows]]
+                result.rows = rows[: self.max_rows]  # already tuples: no row_factory is set
             result.rowcount = cursor.rowcount
         except sqlite3.OperationalError as exc:
             message = str(exc)

@@ -97,6 +97,7 @@ _DDL_WORD = re.compile(r"\b(create|drop|alter|analyze|reindex)\b", re.IGNORECASE
 # Transaction control starts with one of these words (after comments); it must never run in a dry run.
 _TRANSACTION_START = re.compile(r"^(?:\s|--[^\n]*\n|/\*.*?\*/)*(BEGIN|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE)\b",
                                 re.IGNORECASE | re.DOTALL)
+_SELECT_START = re.compile(r"^(?:\s|--[^\n]*\n|/\*.*?\*/)*(SELECT|VALUES)\b", re.IGNORECASE | re.DOTALL)
 _EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN(\s+QUERY\s+PLAN)?\b", re.IGNORECASE)
 _unique = itertools.count()
 
@@ -135,15 +136,16 @@ class _Recorder:
     """
 
     def __init__(self, sandbox: SQLiteSandbox) -> None:
-        self.sandbox = sandbox
         self.conn = sandbox.conn
         self.events: list[tuple[int, str | None, str | None]] | None = None
-        self.conn.set_authorizer(self)
+        authorize = sandbox._authorize
 
-    def __call__(self, action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None) -> int:
-        if self.events is not None and trigger is None:
-            self.events.append((action, arg1, arg2))
-        return self.sandbox._authorize(action, arg1, arg2, db, trigger)
+        def record(action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None) -> int:
+            if self.events is not None and trigger is None:
+                self.events.append((action, arg1, arg2))
+            return authorize(action, arg1, arg2, db, trigger)
+
+        self.conn.set_authorizer(record)
 
 
 def _recorder(sandbox: SQLiteSandbox) -> _Recorder:
@@ -177,6 +179,9 @@ def dry_run(sandbox: SQLiteSandbox, sql: str) -> DryRun:
     if _TRANSACTION_START.match(sql):
         return DryRun(statement="TRANSACTION")
     recorder = _recorder(sandbox)
+    if _SELECT_START.match(sql):  # a SELECT cannot write (no writing function is allowed): no savepoint
+        result = sandbox.execute(sql)
+        return DryRun("SELECT", "", result.error, result.rowcount, len(result.rows), False)
     conn = sandbox.conn
     events: list[tuple[int, str | None, str | None]] = []
     before = conn.total_changes
@@ -387,13 +392,20 @@ class DBHooks(DomainHooks):
         # total_changes counts rows changed; only DDL changes the schema, and DDL needs one of these
         # words, so the schema cookie is read only then (it costs a query).
         sandbox: SQLiteSandbox = env.sandbox  # type: ignore[attr-defined]
-        schema = sandbox.query_trusted("PRAGMA schema_version")[0][0] if _DDL_WORD.search(code) else None
-        return sandbox.conn.total_changes, schema
+        if _DDL_WORD.search(code):
+            return sandbox.conn.total_changes, sandbox.query_trusted("PRAGMA schema_version")[0][0]
+        return sandbox.conn.total_changes, None
 
     def executed_ok(self, env: TextEnv, code: str, observation: str, snapshot: Any) -> bool | None:
-        if observation.lstrip().startswith("Error"):
+        if observation.startswith("Error"):
             return False
-        return is_change_task(env.task) or self.snapshot(env, code) == snapshot
+        if is_change_task(env.task):
+            return True
+        sandbox: SQLiteSandbox = env.sandbox  # type: ignore[attr-defined]
+        changes, schema = snapshot
+        if sandbox.conn.total_changes != changes:
+            return False
+        return schema is None or sandbox.query_trusted("PRAGMA schema_version")[0][0] == schema
 
     def dry_run_ok(self, env: TextEnv, code: str) -> bool | None:
         run = dry_run(env.sandbox, code)  # type: ignore[attr-defined]

@@ -144,23 +144,17 @@ def format_result(result: QueryResult) -> str:
         return f"Query OK, {n} row{'s' if n != 1 else ''} affected." if n >= 0 else "Query OK."
     header = [_cell(c) for c in result.columns]
     body = [[_cell(v) for v in row] for row in result.rows]
-    widths = [len(h) for h in header]
-    for row in body:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    # One format string per table (not one ljust per cell): this runs on every step.
+    widths = [max(map(len, column)) for column in zip(header, *body, strict=True)]
+    row_format = "| " + " | ".join([f"{{:<{w}}}" for w in widths]) + " |"
     rule = "+" + "+".join(["-" * (w + 2) for w in widths]) + "+"
-    lines = [rule, _line(header, widths), rule]
-    lines += [_line(row, widths) for row in body]
-    lines.append(rule)
+    lines = [rule, row_format.format(*header), rule, *[row_format.format(*row) for row in body], rule]
     n = len(body)
     if result.more_rows:
         lines.append(f"{n} rows shown; more rows were cut (add LIMIT or aggregate).")
     else:
         lines.append(f"{n} row{'s' if n != 1 else ''} in set")
     return "\n".join(lines)
-
-
-def _line(cells: Sequence[str], widths: Sequence[int]) -> str:
-    return "| " + " | ".join([c.ljust(w) for c, w in zip(cells, widths, strict=True)]) + " |"
 
 
 def _cell(value: Any) -> str:
