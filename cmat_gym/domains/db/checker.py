@@ -75,7 +75,7 @@ def task_intent(instruction: str) -> str:
     return UNKNOWN
 
 
-# ---------------------------------------------------------------------------- compiling
+# ---------------------------------------------------------------------------- dry runs: what SQLite compiles and runs
 _DDL = {
     sqlite3.SQLITE_DROP_TABLE: "DROP TABLE", sqlite3.SQLITE_DROP_TEMP_TABLE: "DROP TABLE",
     sqlite3.SQLITE_CREATE_TABLE: "CREATE TABLE", sqlite3.SQLITE_CREATE_TEMP_TABLE: "CREATE TABLE",
@@ -93,7 +93,9 @@ _DML = {sqlite3.SQLITE_INSERT: "INSERT", sqlite3.SQLITE_UPDATE: "UPDATE", sqlite
 _TABLE_IN_ARG2 = {sqlite3.SQLITE_ALTER_TABLE, sqlite3.SQLITE_CREATE_INDEX, sqlite3.SQLITE_CREATE_TEMP_INDEX,
                   sqlite3.SQLITE_DROP_INDEX, sqlite3.SQLITE_DROP_TEMP_INDEX, sqlite3.SQLITE_CREATE_TRIGGER,
                   sqlite3.SQLITE_CREATE_TEMP_TRIGGER, sqlite3.SQLITE_DROP_TRIGGER, sqlite3.SQLITE_DROP_TEMP_TRIGGER}
+_DDL_WORDS = ("create", "drop", "alter", "analyze", "reindex")
 _DDL_WORD = re.compile(r"\b(create|drop|alter|analyze|reindex)\b", re.IGNORECASE)
+
 # Transaction control starts with one of these words (after comments); it must never run in a dry run.
 _TRANSACTION_START = re.compile(r"^(?:\s|--[^\n]*\n|/\*.*?\*/)*(BEGIN|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE)\b",
                                 re.IGNORECASE | re.DOTALL)
@@ -180,6 +182,8 @@ def dry_run(sandbox: SQLiteSandbox, sql: str) -> DryRun:
         return DryRun(statement="TRANSACTION")
     recorder = _recorder(sandbox)
     if _SELECT_START.match(sql):  # a SELECT cannot write (no writing function is allowed): no savepoint
+        # (Like the real run, a SELECT that hits the time limit inside the agent's own open
+        # transaction makes the sandbox roll that transaction back.)
         result = sandbox.execute(sql)
         return DryRun("SELECT", "", result.error, result.rowcount, len(result.rows), False)
     conn = sandbox.conn
@@ -226,25 +230,20 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
-# Tokens that can hide a WHERE: string literals, quoted identifiers, comments. Everything else of
-# interest is a parenthesis or a word.
-_LEX = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|`(?:[^`]|``)*`|\[[^\]]*\]|--[^\n]*|/\*.*?(?:\*/|\Z)"""
-                  r"""|[()]|[A-Za-z_][A-Za-z0-9_$]*""", re.DOTALL)
+# Text that can hide a WHERE: string literals, quoted identifiers, comments.
+_HIDES_WHERE = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|`(?:[^`]|``)*`|\[[^\]]*\]|--[^\n]*|/\*.*?(?:\*/|\Z)""",
+                          re.DOTALL)
+_INNERMOST_PARENS = re.compile(r"\([^()]*\)")
+_WHERE = re.compile(r"\bWHERE\b", re.IGNORECASE)
 
 
 def has_top_level_where(sql: str) -> bool:
     """Whether the statement has a WHERE outside parentheses: for UPDATE/DELETE, exactly its own
     WHERE (a WHERE in a subquery or CTE sits inside parentheses and does not count)."""
-    depth = 0
-    for match in _LEX.finditer(sql):
-        token = match.group()
-        if token == "(":
-            depth += 1
-        elif token == ")":
-            depth -= 1
-        elif depth == 0 and len(token) == 5 and token.upper() == "WHERE":
-            return True
-    return False
+    text, n = _HIDES_WHERE.sub(" ", sql), 1
+    while n:  # blank parenthesised groups from the innermost out (regex substitutions run in C)
+        text, n = _INNERMOST_PARENS.subn(" ", text)
+    return _WHERE.search(text) is not None
 
 
 # ---------------------------------------------------------------------------- feedback
@@ -381,6 +380,11 @@ def is_change_task(task: Task | None) -> bool:
     return task is not None and task.payload.get("kind") in MUTATION_KINDS
 
 
+def _may_change_schema(sql: str) -> bool:
+    lowered = sql.lower()  # substring tests first: the word-boundary regex alone costs ~6 us a call
+    return any(word in lowered for word in _DDL_WORDS) and _DDL_WORD.search(sql) is not None
+
+
 class DBHooks(DomainHooks):
     """The DB domain's rule checker and hindsight: an operation is fine when it runs without error
     and, on a question task, changes no data (rows or schema)."""
@@ -392,7 +396,7 @@ class DBHooks(DomainHooks):
         # total_changes counts rows changed; only DDL changes the schema, and DDL needs one of these
         # words, so the schema cookie is read only then (it costs a query).
         sandbox: SQLiteSandbox = env.sandbox  # type: ignore[attr-defined]
-        if _DDL_WORD.search(code):
+        if _may_change_schema(code):
             return sandbox.conn.total_changes, sandbox.query_trusted("PRAGMA schema_version")[0][0]
         return sandbox.conn.total_changes, None
 
@@ -419,5 +423,6 @@ class DBHooks(DomainHooks):
         if run.statement == "TRANSACTION":
             return "transaction control (not run)"
         if run.writes:
-            return f"{run.statement} ok, {max(run.rowcount, 0)} rows affected (rolled back)"
+            n = max(run.rowcount, 0)
+            return f"{run.statement} ok, {n} row{'s' if n != 1 else ''} affected (rolled back)"
         return f"query ok, returns {run.rows} row{'s' if run.rows != 1 else ''}"
