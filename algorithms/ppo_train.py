@@ -1,0 +1,939 @@
+"""Multi-turn PPO for a (LoRA / P-Tuning) chat LM acting as the Assistant of the CMAT loop.
+
+    python -m algorithms.ppo_train --env cmat/DB-v0 --model smollm2-135m-instruct --iterations 50 \\
+        --output-dir runs/ppo-db --checker rule --checker-weight 0.1 --device cuda
+
+A cleanrl-style script: one dataclass of arguments, then a flat loop of ROLLOUT -> SCORING -> UPDATE ->
+LOG/EVAL/CHECKPOINT with banner comments. See docs/training.md for the metrics and resume semantics.
+
+Reused, not rewritten:
+
+* transformers models and tokenizers (``cmat_gym.agents.models.load_model``), peft LoRA / P-Tuning
+  adapters (``LMPolicy.add_adapter`` / ``load_adapter``), the batched ``RolloutEngine`` (static KV cache,
+  LoRA merged into its own weight copy) or HF ``generate`` for prompt-learning adapters;
+* the PPO math in ``algorithms.common.ppo_core`` (clipped policy/value losses, KL-shaped token rewards,
+  GAE across observation spans, the fp32 zero-init value head, masked whitening), whose log-prob and
+  entropy helpers call TRL's ``selective_log_softmax`` / ``entropy_from_logits`` on GPUs;
+* ``torch.optim.AdamW``, ``torch.nn.utils.clip_grad_norm_``, TensorBoard's ``SummaryWriter``, tqdm.
+
+Written here, and why: TRL 1.16 has no PPOTrainer (removed; its multi-turn route is GRPO) and no value
+head model, so the loop is ours. What had to be written is what no library does for agent episodes:
+multi-turn token-level rollouts with action masks (``algorithms/common/rollout.py``: token in, token
+out, observations appended as chat-template fragments with mask 0), scoring whole episodes with one
+forward (logprobs + values on a shared backbone, reference log-probs from the same weights with the
+adapter disabled: no second model copy), GAE across observation spans, and the loop with exact resume.
+
+Only the adapter and the value head are trained; the base weights never change (asserted at start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import dataclasses
+import inspect
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import textwrap
+import time
+import types
+import typing
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm, trange
+
+from algorithms.common.ppo_core import (
+    PPOStats,
+    ValueHead,
+    entropy_from_logits,
+    explained_variance,
+    kl_penalty,
+    masked_gae,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    selective_logprobs,
+    token_rewards,
+    value_loss,
+)
+from algorithms.common.rollout import (
+    ChatFragments,
+    Episode,
+    assistant_system_prompt,
+    checker_env_agreement,
+    collect_episodes,
+    episodes_to_tensors,
+    mean_or_nan,
+    policy_generate_fn,
+)
+
+EVAL_SEED = 0x5EED_E7A1  # evaluation tasks do not depend on --seed: every run is scored on the same tasks
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class Args:
+    # ---- experiment
+    env: str = "cmat/DB-v0"
+    """the domain env id wrapped in the single-agent CMAT loop (only the Assistant acts)"""
+    model: str = "smollm2-135m-instruct"
+    """base model: smollm2-135m-instruct, tiny-random (tests) or a local HF folder"""
+    output_dir: str = "runs/ppo"
+    """where the adapter, metrics.jsonl, tb/, learning_curve.png and checkpoint/ go"""
+    iterations: int = 10
+    """total PPO iterations (rollout + update); with --resume, the total including finished ones"""
+    seed: int = 1
+    """seed of the training task order, the sampling and the minibatch order"""
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """cpu or cuda"""
+    dtype: str | None = None
+    """base weights dtype (fp32, bf16); default fp32 on CPU, bf16 on CUDA (forwards under bf16 autocast)"""
+    resume: bool = False
+    """continue from output_dir/checkpoint (same next batch, same optimizer state) up to --iterations"""
+    wandb: bool = False
+    """also log to Weights & Biases (needs the wandb package)"""
+    wandb_project: str = "cmat-gym"
+    """W&B project name"""
+    progress: bool = True
+    """show tqdm progress bars"""
+
+    # ---- environment and rollouts
+    checker: str = "rule"
+    """checker policy of the loop: rule (the domain's rule checker) or none"""
+    checker_weight: float = 0.0
+    """per-turn shaping reward = checker_weight * checker score (keep it below the task score's 1)"""
+    difficulty: int | None = None
+    """task difficulty 1-3; default: drawn per episode"""
+    episodes_per_iteration: int = 16
+    """episodes collected per iteration (the PPO batch)"""
+    max_turns: int = 5
+    """assistant turns per episode before the loop truncates it (score 0)"""
+    max_new_tokens: int = 128
+    """most tokens per assistant turn"""
+    max_seq_len: int = 2048
+    """most tokens per episode sequence (prompt + all turns); longer episodes end early with score 0"""
+    temperature: float = 1.0
+    """sampling temperature, identical in rollout and training forward (top_k=0, top_p=1 always)"""
+    rollout_batch: int = 64
+    """episodes stepped together (environments in the list, rows in the engine's KV cache)"""
+    system_prompt: str | None = None
+    """the Assistant's system prompt; default: the role and the domain's action grammar"""
+
+    # ---- adapter
+    peft: str = "lora"
+    """adapter kind: lora or p-tuning (ignored with --init-adapter, whose config decides)"""
+    init_adapter: str | None = None
+    """start from this saved peft adapter (e.g. the SFT warm-up); it is then also the KL reference"""
+    lora_r: int = 16
+    """LoRA rank (all linear layers of each block)"""
+    lora_alpha: int = 32
+    """LoRA alpha (scale = alpha / r)"""
+    lora_dropout: float = 0.0
+    """LoRA dropout; 0 keeps the first-step ratio exactly 1"""
+    num_virtual_tokens: int = 16
+    """P-Tuning: virtual tokens prepended to every sequence"""
+
+    # ---- PPO
+    learning_rate: float = 3e-5
+    """AdamW learning rate of the adapter (constant: a schedule tied to --iterations would break resume)"""
+    value_learning_rate: float = 5e-4
+    """AdamW learning rate of the value head (the critic learns faster than the actor)"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    ppo_epochs: int = 2
+    """passes over each iteration's batch"""
+    minibatch_size: int = 8
+    """episodes per optimizer step"""
+    micro_batch_size: int = 4
+    """episodes per forward/backward (gradient accumulation up to minibatch_size)"""
+    clip_coef: float = 0.2
+    """PPO ratio clip"""
+    vf_clip_coef: float | None = 0.2
+    """value clip around the old values (None: unclipped)"""
+    vf_coef: float = 0.1
+    """value-loss weight (small: the value head shares the policy's backbone)"""
+    max_grad_norm: float = 1.0
+    """gradient clipping norm"""
+    gamma: float = 1.0
+    """discount per action token"""
+    gae_lambda: float = 0.95
+    """GAE lambda (does not decay across observation spans)"""
+    kl_coef: float = 0.05
+    """per-token KL(policy || reference) penalty in the reward"""
+    kl_estimator: str = "k1"
+    """KL estimator in the reward: k1, k2 or k3"""
+    whiten_advantages: bool = True
+    """normalise advantages over the batch's action tokens"""
+    critic_warmup: int = 0
+    """first iterations that train only the value head and adapter through the value loss (no policy loss)"""
+
+    # ---- evaluation and checkpoints
+    eval_every: int = 0
+    """evaluate (greedy, test split) every K iterations, before training and at the end; 0: never"""
+    eval_episodes: int = 32
+    """test-split episodes per evaluation"""
+    checkpoint_every: int = 1
+    """write output_dir/checkpoint every K iterations (and at the end)"""
+
+
+# --------------------------------------------------------------------------------------------------
+# command line: argparse built from the dataclass, the field docstrings become the help
+# --------------------------------------------------------------------------------------------------
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each dataclass field (what tyro shows as help), read from the source."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if (
+                isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = nxt.value.value
+    return docs
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Args:
+    """``Args`` from the command line: ``--output-dir DIR`` sets ``output_dir``; booleans are flags."""
+    parser = argparse.ArgumentParser(
+        prog="python -m algorithms.ppo_train", description=__doc__.split("\n")[0]
+    )
+    docs, hints = _field_docs(Args), typing.get_type_hints(Args)
+    for f in dataclasses.fields(Args):
+        flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
+        optional = isinstance(hint, types.UnionType) and type(None) in hint.__args__
+        base = next(a for a in hint.__args__ if a is not type(None)) if optional else hint
+        if base is bool:
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=f.default, help=docs.get(f.name)
+            )
+        else:
+            parser.add_argument(
+                flag, type=base, default=f.default, help=docs.get(f.name), metavar=f.name.upper()
+            )
+    return Args(**vars(parser.parse_args(argv)))
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers: seeds, forwards, the loss
+# --------------------------------------------------------------------------------------------------
+
+
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed from integers (independent streams for tasks, sampling, shuffling, evaluation)."""
+    return int(np.random.SeedSequence([int(p) % 2**32 for p in parts]).generate_state(1)[0]) % 2**31
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; nothing on CPU (fp32, so that sampling and scoring match to 1e-5)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def reference_policy(model: Any, ref_adapter: str | None) -> Iterator[None]:
+    """The KL reference on the same weights: the base (adapter disabled) or a frozen --init-adapter copy."""
+    if ref_adapter is None:
+        with model.disable_adapter():
+            yield
+        return
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.set_adapter(ref_adapter, inference_mode=True)
+    try:
+        yield
+    finally:
+        model.set_adapter("default")
+        for p, flag in flags:  # peft's set_adapter toggles requires_grad; put everything back as it was
+            p.requires_grad_(flag)
+
+
+def policy_forward(
+    model: Any, value_head: ValueHead | None, input_ids: Tensor, attention_mask: Tensor, start: int = 0
+) -> tuple[Tensor, Tensor | None]:
+    """Logits ``[b, T - start, V]`` of positions ``start..T-1`` and values ``[b, T-1]`` (value of the state
+    before token ``t+1``).
+
+    One forward of the shared backbone; the value head reads the last hidden layer. Only the logits that
+    score action tokens are needed, so the LM head runs from ``start`` on (``logits_to_keep``): the prompt,
+    often most of an episode's tokens, never reaches the ``[*, vocab]`` matmul. Prompt-learning adapters
+    prepend virtual tokens; their positions are cut off so outputs align with ``input_ids``.
+    """
+    length = input_ids.shape[1]
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        output_hidden_states=value_head is not None,
+        use_cache=False,
+        logits_to_keep=length - start,
+    )
+    logits = out.logits[:, -(length - start) :]
+    values = None
+    if value_head is not None:
+        hidden = out.hidden_states[-1]
+        values = value_head(hidden[:, hidden.shape[1] - length :])[:, :-1]
+    return logits, values
+
+
+def first_logit_position(action_mask: Tensor) -> int:
+    """The first position whose logits score an action token (``min`` over rows of first action - 1)."""
+    rows = action_mask.any(dim=1)
+    if not bool(rows.any()):
+        return 0
+    first = action_mask[rows].float().argmax(dim=1)
+    return max(int(first.min()) - 1, 0)
+
+
+def ppo_minibatch_loss(
+    logits: Tensor,
+    values: Tensor,
+    input_ids: Tensor,
+    batch: dict[str, Tensor],
+    *,
+    temperature: float,
+    clip_coef: float,
+    vf_clip_coef: float | None,
+    vf_coef: float,
+    pg_coef: float = 1.0,
+    start: int = 0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``pg_coef * clipped policy loss + vf_coef * clipped value loss`` of one micro-batch.
+
+    ``logits`` ``[b, T - start, V]`` (positions ``start..T-1``) and ``values`` ``[b, T-1]`` come from
+    :func:`policy_forward`; ``batch`` holds ``[b, T-1]`` tensors on the shifted grid (index ``t`` scores
+    token ``t+1``): ``mask`` (action tokens), ``old_logprobs``, ``old_values``, ``advantages``,
+    ``returns``; ``mask`` must be 0 before ``start``. Positions with ``mask == 0`` (prompt, observations,
+    padding) contribute neither loss nor gradient.
+    """
+    if bool(batch["mask"][:, :start].any()):
+        raise ValueError(f"action tokens before start={start}: their logits were not computed")
+    grid = {k: batch[k][:, start:] for k in ("mask", "old_logprobs", "old_values", "advantages", "returns")}
+    mask = grid["mask"]
+    logprobs = selective_logprobs(logits, input_ids[:, start:], temperature)
+    pg_loss, pg_stats = policy_loss(logprobs, grid["old_logprobs"], grid["advantages"], mask, clip_coef)
+    v_loss, v_stats = value_loss(values[:, start:], grid["old_values"], grid["returns"], mask, vf_clip_coef)
+    loss = pg_coef * pg_loss + vf_coef * v_loss
+    with torch.no_grad():
+        entropy = entropy_from_logits(logits[:, :-1][mask].detach().float(), temperature)
+        stats = {
+            "policy_loss": pg_loss.detach(),
+            "value_loss": v_loss.detach(),
+            "entropy": entropy.mean() if entropy.numel() else torch.zeros(()),
+            **pg_stats,
+            **v_stats,
+        }
+    return loss, stats
+
+
+def trim(batch: dict[str, Tensor], rows: Tensor) -> tuple[dict[str, Tensor], int]:
+    """Rows ``rows`` of every ``[B, *]`` tensor, cut to their longest sequence ``L`` (shifted ones: L-1)."""
+    length = int(batch["attention_mask"][rows].sum(dim=1).max())
+    out = {}
+    for key, value in batch.items():
+        width = length if value.shape[1] == batch["input_ids"].shape[1] else length - 1
+        out[key] = value[rows, :width]
+    return out, length
+
+
+@torch.no_grad()
+def score_episodes(
+    model: Any,
+    value_head: ValueHead,
+    batch: dict[str, Tensor],
+    *,
+    temperature: float,
+    micro_batch_size: int,
+    ref_adapter: str | None,
+    device: torch.device,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Policy log-probs, values and reference log-probs, each ``[B, T-1]`` on the shifted grid."""
+    B, T = batch["input_ids"].shape
+    logprobs, values, ref_logprobs = (torch.zeros(B, T - 1) for _ in range(3))
+    for rows in torch.arange(B).split(micro_batch_size):
+        mb, length = trim({k: batch[k] for k in ("input_ids", "attention_mask", "action_mask")}, rows)
+        ids, att = mb["input_ids"].to(device), mb["attention_mask"].to(device)
+        start = first_logit_position(mb["action_mask"])
+        with autocast(device):
+            logits, v = policy_forward(model, value_head, ids, att, start)
+            logprobs[rows, start : length - 1] = (
+                selective_logprobs(logits, ids[:, start:], temperature).float().cpu()
+            )
+            values[rows, : length - 1] = v.float().cpu()
+            del logits
+            with reference_policy(model, ref_adapter):
+                ref_logits, _ = policy_forward(model, None, ids, att, start)
+            ref_logprobs[rows, start : length - 1] = (
+                selective_logprobs(ref_logits, ids[:, start:], temperature).float().cpu()
+            )
+    return logprobs, values, ref_logprobs
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints (atomic: build in a temp dir, os.replace into place, then flip the `latest` pointer)
+# --------------------------------------------------------------------------------------------------
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move the finished folder ``tmp`` to ``final``, replacing any old one (rename, then delete the old)."""
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent)) / final.name
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old.parent, ignore_errors=True)
+
+
+def trainable_state(model: nn.Module) -> dict[str, Tensor]:
+    """Every trainable parameter of the model (the adapter: LoRA A/B, or the whole P-Tuning encoder)."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_adapter(model: Any, path: Path) -> None:
+    """The trained adapter in peft format (loadable with ``LMPolicy.load_adapter``), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    model.save_pretrained(str(tmp), selected_adapters=["default"])
+    _replace_dir(tmp, path)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    root: Path,
+    *,
+    iteration: int,
+    episodes_done: int,
+    model: Any,
+    value_head: ValueHead,
+    optimizer: torch.optim.Optimizer,
+    args: Args,
+) -> Path:
+    """Write ``root/iter-NNNNNN`` (adapter, trainable tensors, value head, optimizer, RNG, counters) and
+    point ``root/latest`` at it; older iterations are removed afterwards. A crash at any moment leaves
+    ``latest`` naming a complete checkpoint."""
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"iter-{iteration:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+    model.save_pretrained(str(tmp / "adapter"), selected_adapters=["default"])
+    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    save_file(
+        {k: v.detach().cpu() for k, v in value_head.state_dict().items()}, str(tmp / "value_head.safetensors")
+    )
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(rng_state(), tmp / "rng.pt")
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "iteration": iteration,
+        "episodes_done": episodes_done,
+        "args": dataclasses.asdict(args),
+    }
+    (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    _replace_dir(tmp, root / name)
+    _atomic_write_text(root / "latest", name)
+    for old in root.glob("iter-*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return root / name
+
+
+def find_checkpoint(root: Path) -> Path | None:
+    """The checkpoint ``root/latest`` names (or the newest complete ``iter-*`` folder), or None."""
+    latest = root / "latest"
+    if latest.is_file() and (root / latest.read_text().strip() / "state.json").is_file():
+        return root / latest.read_text().strip()
+    done = sorted(p for p in root.glob("iter-*") if (p / "state.json").is_file())
+    return done[-1] if done else None
+
+
+def load_checkpoint(
+    path: Path, *, model: Any, value_head: ValueHead, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """Restore weights, optimizer and RNG from ``path``; returns its ``state.json``."""
+    from safetensors.torch import load_file
+
+    state = json.loads((path / "state.json").read_text())
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"Expects checkpoint format {CHECKPOINT_FORMAT}, actual {state.get('format')} in {path}"
+        )
+    tensors = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    if set(tensors) != {n for n, p in params.items() if p.requires_grad}:
+        raise ValueError(f"the checkpoint in {path} was written for another adapter configuration")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor)
+    value_head.load_state_dict(load_file(str(path / "value_head.safetensors")))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    set_rng_state(torch.load(path / "rng.pt", weights_only=False))  # our own file: numpy/python RNG tuples
+    return state
+
+
+# --------------------------------------------------------------------------------------------------
+# logging
+# --------------------------------------------------------------------------------------------------
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN/inf: undefined metrics are null
+    return value
+
+
+def read_jsonl(path: Path, max_iteration: int | None = None) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file (those with ``iteration <= max_iteration`` when given)."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if max_iteration is None or r["iteration"] <= max_iteration]
+
+
+def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    _atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    with path.open("a") as handle:
+        handle.write(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n")
+        handle.flush()
+
+
+def plot_learning_curve(
+    path: Path, metrics: Sequence[dict[str, Any]], evals: Sequence[dict[str, Any]]
+) -> None:
+    """Success rate and mean score per iteration (training rollouts; greedy test-split evals as markers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = [m["iteration"] for m in metrics]
+    for key, label in (("success_rate", "train success rate"), ("mean_score", "train mean score")):
+        ax.plot(x, [m.get(key) if m.get(key) is not None else float("nan") for m in metrics], label=label)
+    if evals:
+        ax.plot(
+            [e["iteration"] for e in evals],
+            [e["eval_success_rate"] for e in evals],
+            "o--",
+            label="eval success rate (test, greedy)",
+        )
+    ax.set_xlabel("iteration")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    ax.set_title("PPO learning curve")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the trained model (peft) and value head, and every metrics row."""
+
+    model: Any
+    value_head: ValueHead
+    metrics: list[dict[str, Any]]
+    output_dir: Path
+
+
+def train(args: Args) -> TrainResult:
+    from cmat_gym.agents.lm_policy import LMPolicy
+    from cmat_gym.cmat.wrapper import make_cmat
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_root = out / "checkpoint"
+    checkpoint = find_checkpoint(ckpt_root) if ckpt_root.exists() else None
+    if checkpoint is not None and not args.resume:
+        raise SystemExit(
+            f"{out} already holds a checkpoint: pass --resume to continue it, or use another --output-dir"
+        )
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    E = args.episodes_per_iteration
+
+    # ---- model: frozen base + trainable adapter + value head (shared backbone)
+    policy = LMPolicy.from_pretrained(
+        args.model,
+        device=device,
+        dtype=args.dtype,
+        max_batch=min(args.rollout_batch, max(E, args.eval_episodes if args.eval_every > 0 else 0)),
+        max_seq_len=args.max_seq_len,
+    )
+    ref_adapter = None
+    if args.init_adapter:
+        policy.load_adapter(args.init_adapter, trainable=True)
+        # the KL reference is the policy we start from (e.g. SFT), not the raw base
+        policy.model.load_adapter(args.init_adapter, adapter_name="reference", is_trainable=False)
+        policy.model.set_adapter("default")
+        ref_adapter = "reference"
+    elif args.peft == "lora":
+        policy.add_adapter("lora", r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout)
+    elif args.peft == "p-tuning":
+        policy.add_adapter("p-tuning", num_virtual_tokens=args.num_virtual_tokens)
+    else:
+        raise ValueError(f"Expects --peft lora or p-tuning, actual {args.peft!r}")
+    model, tokenizer = policy.model, policy.tokenizer
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    base_trainable = [n for n, _ in trainable if "lora_" not in n and "prompt_encoder" not in n]
+    if base_trainable or not trainable:
+        raise RuntimeError(f"only adapter weights may train; trainable base weights: {base_trainable[:5]}")
+    value_head = ValueHead(model.config.hidden_size).to(device)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for _, p in trainable], "lr": args.learning_rate},
+            {"params": list(value_head.parameters()), "lr": args.value_learning_rate},
+        ],
+        weight_decay=args.weight_decay,
+        eps=1e-5,
+    )
+    params = [p for _, p in trainable] + list(value_head.parameters())
+
+    # ---- environments: the single-agent CMAT loop (User and Checker fixed, only the Assistant acts)
+    def make_envs(n: int, split: str) -> list[Any]:
+        kwargs: dict[str, Any] = {"split": split, "max_cycles": args.max_turns}
+        if args.difficulty is not None:
+            kwargs["difficulty"] = args.difficulty
+        return [
+            make_cmat(
+                args.env, checker=args.checker, memory=None, checker_weight=args.checker_weight, **kwargs
+            )
+            for _ in range(n)
+        ]
+
+    envs = make_envs(min(E, args.rollout_batch), "train")
+    eval_envs = make_envs(min(args.eval_episodes, args.rollout_batch), "test") if args.eval_every > 0 else []
+    system_prompt = args.system_prompt or assistant_system_prompt(envs[0].domain_env.grammar)
+    fragments = ChatFragments(tokenizer, system_prompt)
+    generate = policy_generate_fn(policy)
+    pad_id = tokenizer.pad_token_id
+
+    # ---- resume: weights, optimizer, RNG and the data order (episodes consumed) continue exactly
+    start, episodes_done = 1, 0
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model=model, value_head=value_head, optimizer=optimizer)
+        start, episodes_done = state["iteration"] + 1, state["episodes_done"]
+        print(f"resuming from {checkpoint} (iteration {state['iteration']}, {episodes_done} episodes done)")
+        free = {
+            "iterations",
+            "resume",
+            "progress",
+            "wandb",
+            "wandb_project",
+            "output_dir",
+            "eval_every",
+            "checkpoint_every",
+            "device",
+        }
+        changed = {
+            k: (v, getattr(args, k, None))
+            for k, v in state["args"].items()
+            if k not in free and v != getattr(args, k, None)
+        }
+        if changed:  # allowed (e.g. a new learning rate), but the run is then no longer an exact continuation
+            print(f"warning: resuming with changed arguments {changed} (saved, now)")
+    elif args.resume:
+        print(f"--resume: no checkpoint in {ckpt_root}, starting fresh")
+    metrics = read_jsonl(out / "metrics.jsonl", start - 1)  # drop rows written after the checkpoint
+    evals = read_jsonl(out / "eval.jsonl", start - 1)
+    write_jsonl(out / "metrics.jsonl", metrics)
+    write_jsonl(out / "eval.jsonl", evals)
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out / "tb"), purge_step=start)
+    if start == 1:
+        writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
+    wandb_run = None
+    if args.wandb:
+        import wandb
+
+        id_file = out / "wandb_id.txt"
+        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        id_file.write_text(run_id)
+        wandb_run = wandb.init(
+            project=args.wandb_project,
+            id=run_id,
+            resume="allow",
+            dir=str(out),
+            config=dataclasses.asdict(args),
+        )
+
+    def evaluate(iteration: int) -> dict[str, Any]:
+        """Greedy episodes on the test split (the same tasks every time)."""
+        t0 = time.perf_counter()
+        model.eval()
+        seeds = [derive_seed(EVAL_SEED, i) for i in range(args.eval_episodes)]
+        episodes = collect_episodes(
+            eval_envs,
+            generate,
+            fragments,
+            seeds=seeds,
+            max_new_tokens=args.max_new_tokens,
+            max_seq_len=args.max_seq_len,
+            temperature=0.0,
+            progress="eval" if args.progress else False,
+        )
+        row = {
+            "iteration": iteration,
+            "eval_success_rate": mean_or_nan([float(e.success) for e in episodes]),
+            "eval_mean_score": mean_or_nan([e.score for e in episodes]),
+            "eval_episodes": len(episodes),
+            "eval_s": time.perf_counter() - t0,
+        }
+        append_jsonl(out / "eval.jsonl", row)
+        evals.append(row)
+        writer.add_scalar("eval/success_rate", row["eval_success_rate"], iteration)
+        writer.add_scalar("eval/mean_score", row["eval_mean_score"], iteration)
+        return row
+
+    if args.eval_every > 0 and start == 1:
+        evaluate(0)  # the starting point of the learning curve
+
+    for iteration in trange(
+        start,
+        args.iterations + 1,
+        desc="ppo",
+        initial=start - 1,
+        total=args.iterations,
+        disable=not args.progress,
+        dynamic_ncols=True,
+    ):
+        # ============================================================================ ROLLOUT
+        # E episodes, batched across envs; token in, token out (see algorithms/common/rollout.py).
+        t0 = time.perf_counter()
+        model.eval()
+        seeds = [derive_seed(args.seed, 0, episodes_done + i) for i in range(E)]
+        episodes: list[Episode] = collect_episodes(
+            envs,
+            generate,
+            fragments,
+            seeds=seeds,
+            max_new_tokens=args.max_new_tokens,
+            max_seq_len=args.max_seq_len,
+            temperature=args.temperature,
+            sample_seed=derive_seed(args.seed, 1, iteration),
+            progress="rollout" if args.progress else False,
+        )
+        episodes_done += E
+        rollout_s = time.perf_counter() - t0
+        n_generated = sum(e.n_action_tokens for e in episodes)
+
+        # ============================================================================ SCORING
+        # One forward with the adapter (log-probs + values), one with the reference (adapter off).
+        t0 = time.perf_counter()
+        train_eps = [e for e in episodes if e.n_action_tokens > 0]
+        batch = episodes_to_tensors(train_eps, pad_id)
+        mask = batch["action_mask"][:, 1:]  # shifted grid: position t scores token t+1
+        old_logprobs, old_values, ref_logprobs = score_episodes(
+            model,
+            value_head,
+            batch,
+            temperature=args.temperature,
+            micro_batch_size=args.micro_batch_size,
+            ref_adapter=ref_adapter,
+            device=device,
+        )
+        mismatch = (old_logprobs - batch["rollout_logprobs"][:, 1:]).abs()[mask]
+        kl = kl_penalty(old_logprobs, ref_logprobs, args.kl_estimator)  # type: ignore[arg-type]
+        rewards = token_rewards(
+            [e.score for e in train_eps],
+            kl,
+            mask,
+            args.kl_coef,
+            turn_end_rewards=[
+                [r for r, t in zip(e.turn_shaping(), e.turns, strict=True) if t.n_tokens > 0]
+                for e in train_eps
+            ],
+        )
+        advantages, returns = masked_gae(rewards, old_values, mask, args.gamma, args.gae_lambda)
+        if args.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        tensors = {
+            **batch,
+            "mask": mask,
+            "old_logprobs": old_logprobs,
+            "old_values": old_values,
+            "advantages": advantages,
+            "returns": returns,
+        }
+        score_s = time.perf_counter() - t0
+
+        # ============================================================================ UPDATE
+        # ppo_epochs x minibatches; each minibatch accumulates micro-batches weighted by action tokens.
+        t0 = time.perf_counter()
+        model.train()
+        stats = PPOStats()
+        shuffle = torch.Generator().manual_seed(derive_seed(args.seed, 2, iteration))
+        pg_coef = 0.0 if iteration <= args.critic_warmup else 1.0
+        B = len(train_eps)
+        for _epoch in range(args.ppo_epochs):
+            for minibatch in torch.randperm(B, generator=shuffle).split(args.minibatch_size):
+                optimizer.zero_grad(set_to_none=True)
+                n_tokens = mask[minibatch].sum().clamp(min=1)
+                for rows in minibatch.split(args.micro_batch_size):
+                    mb, _ = trim(tensors, rows)
+                    mb = {k: v.to(device) for k, v in mb.items()}
+                    start = first_logit_position(mb["action_mask"])
+                    with autocast(device):
+                        logits, values = policy_forward(
+                            model, value_head, mb["input_ids"], mb["attention_mask"], start
+                        )
+                        loss, s = ppo_minibatch_loss(
+                            logits,
+                            values,
+                            mb["input_ids"],
+                            mb,
+                            temperature=args.temperature,
+                            clip_coef=args.clip_coef,
+                            vf_clip_coef=args.vf_clip_coef,
+                            vf_coef=args.vf_coef,
+                            pg_coef=pg_coef,
+                            start=start,
+                        )
+                    (loss * (mb["mask"].sum() / n_tokens.to(device))).backward()
+                    stats.add(s)
+                grad_norm = nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+                optimizer.step()
+                stats.add(grad_norm=grad_norm)
+        update_s = time.perf_counter() - t0
+
+        # ============================================================================ LOG
+        s = stats.mean()
+        turns = [t for e in episodes for t in e.turns]
+        row: dict[str, Any] = {
+            "iteration": iteration,
+            "episodes": episodes_done,
+            "success_rate": mean_or_nan([float(e.success) for e in episodes]),
+            "mean_score": mean_or_nan([e.score for e in episodes]),
+            "policy_loss": s["policy_loss"],
+            "value_loss": s["value_loss"],
+            "approx_kl": s["approx_kl"],
+            "clipfrac": s["clipfrac"],
+            "kl_to_ref": float(masked_mean(old_logprobs - ref_logprobs, mask)),
+            "entropy": s["entropy"],
+            "checker_env_agreement": checker_env_agreement(episodes),
+            "rollout_s": rollout_s,
+            "update_s": update_s,
+            "tokens_per_s": n_generated / max(rollout_s, 1e-9),
+            "score_s": score_s,
+            "shaping_reward": mean_or_nan([r for e in episodes for r in e.turn_shaping()]),
+            "mean_turns": mean_or_nan([len(e.turns) for e in episodes]),
+            "mean_action_tokens": mean_or_nan([t.n_tokens for t in turns]),
+            "checker_reject_rate": mean_or_nan([float(t.checker_verdict == "REJECT") for t in turns]),
+            "truncated_turns": mean_or_nan([float(t.finish_reason == "length") for t in turns]),
+            "max_length_episodes": sum(e.end == "max_length" for e in episodes),
+            "seq_len_max": int(batch["input_ids"].shape[1]),
+            "logprob_mismatch_max": float(mismatch.max()) if mismatch.numel() else 0.0,
+            "ratio_mean": s["ratio_mean"],
+            "vf_clipfrac": s["vf_clipfrac"],
+            "explained_variance": float(explained_variance(old_values, returns, mask)),
+            "grad_norm": s["grad_norm"],
+        }
+
+        # ============================================================================ EVAL
+        if args.eval_every > 0 and (iteration % args.eval_every == 0 or iteration == args.iterations):
+            result = evaluate(iteration)
+            row.update({k: v for k, v in result.items() if k != "iteration"})
+
+        row = {k: _json_safe(v) for k, v in row.items()}
+        metrics.append(row)
+        append_jsonl(out / "metrics.jsonl", row)
+        for key, value in row.items():
+            if isinstance(value, int | float) and key != "iteration":
+                writer.add_scalar(f"{'eval' if key.startswith('eval_') else 'train'}/{key}", value, iteration)
+        writer.flush()
+        if wandb_run is not None:
+            wandb_run.log(row, step=iteration)
+        tqdm.write(
+            f"it {iteration}: success {row['success_rate']:.3f} score {row['mean_score']:.3f} "
+            f"kl_ref {row['kl_to_ref']:.4f} approx_kl {row['approx_kl']:.4f} clipfrac {row['clipfrac']:.3f} "
+            f"rollout {rollout_s:.1f}s update {update_s:.1f}s ({row['tokens_per_s']:.0f} tok/s)"
+        )
+
+        # ============================================================================ CHECKPOINT
+        if iteration % args.checkpoint_every == 0 or iteration == args.iterations:
+            save_checkpoint(
+                ckpt_root,
+                iteration=iteration,
+                episodes_done=episodes_done,
+                model=model,
+                value_head=value_head,
+                optimizer=optimizer,
+                args=args,
+            )
+            save_adapter(model, out / "adapter")
+        plot_learning_curve(out / "learning_curve.png", metrics, evals)
+
+    if not (out / "adapter").exists():  # e.g. resumed a finished run: still leave an adapter behind
+        save_adapter(model, out / "adapter")
+    writer.close()
+    if wandb_run is not None:
+        wandb_run.finish()
+    for env in [*envs, *eval_envs]:
+        env.close()
+    return TrainResult(model=model, value_head=value_head, metrics=metrics, output_dir=out)
+
+
+def main(argv: Sequence[str] | None = None) -> TrainResult:
+    """Entry point of ``python -m algorithms.ppo_train``; ``argv`` defaults to ``sys.argv[1:]``."""
+    return train(parse_args(argv if argv is not None else sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

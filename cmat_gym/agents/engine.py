@@ -1,0 +1,666 @@
+"""A fast batched generation engine for llama-style models (SmolLM2 and friends).
+
+HF ``generate`` spends most of a decode step in Python: dozens of small ops per layer, each
+launched one by one, plus a KV cache that grows by concatenation. For a 135M model on a GPU
+that overhead, not the arithmetic, sets the speed. This engine keeps the arithmetic and drops
+the overhead:
+
+* **Static KV cache.** ``k_cache``/``v_cache`` hold one preallocated ``[batch, kv_heads,
+  max_seq_len, head_dim]`` tensor per layer (separate allocations rather than one 5-d tensor,
+  so that ``torch.compile`` sees independent buffers it can update in place rather than views
+  of one base it would copy). Row ``b`` holds its tokens in columns ``start[b] ..
+  cur[b]-1``; a decode step writes the new key/value at column ``cur[b]`` and attends with a
+  mask built from ``start``/``cur``. Every row has its own position, so rows can be replaced
+  mid-flight (continuous batching) without moving anything.
+* **Own decode forward.** A small llama forward (RMSNorm, RoPE, GQA attention on the static
+  cache, SwiGLU MLP) that reads a copy of the HF model's weights, with q/k/v and gate/up fused
+  into one matmul each. It follows HF's op order and dtype casts, so fp32 greedy decoding
+  matches HF ``generate`` token for token.
+* **CUDA graphs.** On CUDA one decode step (all layers, ~1000 kernels) is captured once per
+  (batch bucket, KV-length bucket) and replayed: the CPU issues one launch per token instead
+  of ~1000, so decoding runs at GPU speed. ``compile=True`` additionally runs the step through
+  ``torch.compile`` before capture, which fuses the elementwise ops (fewer, larger kernels).
+  Sampling runs eagerly after the replay: a handful of ops on the logits, no host sync.
+* **CPU.** The same code runs eagerly; no graphs, no compile.
+
+Measured (``benchmarks/rollout_throughput.py``, SmolLM2-135M bf16, batch 256, 64 prompt + 128
+new tokens, one H200): HF ``generate`` 9.1-12.4 s, graphs 0.55 s (17-22x), graphs + compile
+0.33 s (28-37x). With graphs alone the engine's bf16 logits were bit-identical to a
+teacher-forced HF forward over the same sequences; compiled, 98.7% of greedy tokens agreed
+with it, the rest being ties within 2 bf16 steps. (Greedy rows also drift from HF
+``generate`` itself in bf16: it rounds differently from HF's own full forward.)
+
+Prefill uses the HF model itself (batched, left-padded, explicit attention mask and
+``position_ids = cumsum(mask) - 1``); its KV is copied into the static cache.
+
+**Weights and adapters.** The engine decodes with its own copy of the weights, refreshed
+automatically before each :meth:`RolloutEngine.generate` when any parameter of the model
+changed (detected through the tensors' in-place version counters, which optimizer steps and
+``load_state_dict`` bump; call :meth:`RolloutEngine.sync_weights` with ``force=True`` after
+edits through ``.data``). peft LoRA adapters are merged into that copy (``W + scale * B @ A``
+for each active adapter), leaving the model untouched, so the same model keeps training while
+the engine samples from it. Prompt-learning adapters (p-tuning) change the input, not the
+weights, and are not supported: use HF ``generate`` for them (``LMPolicy`` does).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class GenerationResult:
+    """One completion.
+
+    Attributes:
+        completion_ids: generated token ids; ends with the EOS token when ``finish_reason == "stop"``.
+        logprobs: log-probability of each generated token under the distribution it was drawn from
+            (``log_softmax(logits / T)`` after any top-k/top-p truncation, renormalised; for greedy
+            decoding, the model's own distribution, T = 1).
+        finish_reason: ``"stop"`` (an EOS token was generated) or ``"length"`` (token limit reached).
+    """
+
+    completion_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str
+
+
+@dataclass
+class _Weights:
+    """The engine's copy of the decoder weights, in the layout its forward wants."""
+
+    embed: Tensor  # [vocab, hidden]
+    lm_head: Tensor  # [vocab, hidden]; the same tensor as embed when the model ties them
+    norm: Tensor  # [hidden]
+    ln1: list[Tensor] = field(default_factory=list)  # per layer [hidden]
+    ln2: list[Tensor] = field(default_factory=list)
+    qkv: list[Tensor] = field(default_factory=list)  # [(Hq + 2 Hkv) * D, hidden]
+    qkv_bias: list[Tensor | None] = field(default_factory=list)
+    o: list[Tensor] = field(default_factory=list)  # [hidden, Hq * D]
+    gate_up: list[Tensor] = field(default_factory=list)  # [2 * intermediate, hidden]
+    down: list[Tensor] = field(default_factory=list)  # [hidden, intermediate]
+
+
+class RolloutEngine:
+    """Batched generation with a static KV cache and (on CUDA) graph-captured decode steps.
+
+    Args:
+        model: a HF llama-architecture causal LM (``LlamaForCausalLM``, or a peft LoRA model around one).
+        tokenizer: its tokenizer (supplies the pad and default EOS ids); optional.
+        max_batch: most sequences decoded at once (rows of the static cache).
+        max_seq_len: cache columns per row: prompt plus completion must fit. The cache takes
+            ``2 * layers * max_batch * kv_heads * max_seq_len * head_dim`` elements (SmolLM2:
+            23 KB per row and column in bf16).
+        use_cuda_graph: capture decode steps in CUDA graphs; default: when the model is on CUDA.
+        compile: run the decode step through ``torch.compile`` (CUDA only; compiles once per shape,
+            so batches are padded to ``max_batch`` and attention spans all ``max_seq_len`` columns).
+
+    Example::
+
+        engine = RolloutEngine(model, tokenizer, max_batch=64, max_seq_len=1024)
+        results = engine.generate([ids_a, ids_b], max_new_tokens=64)
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        *,
+        max_batch: int = 64,
+        max_seq_len: int = 1024,
+        use_cuda_graph: bool | None = None,
+        compile: bool = False,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self._base = _base_model(model)
+        cfg = self._base.config
+        if getattr(cfg, "hidden_act", "silu") != "silu":
+            raise ValueError(f"RolloutEngine supports SwiGLU llama models, not hidden_act={cfg.hidden_act!r}")
+        self.n_layers = cfg.num_hidden_layers
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.eps = cfg.rms_norm_eps
+        self.scale = getattr(self._base.model.layers[0].self_attn, "scaling", self.head_dim**-0.5)
+        self.vocab_size = self._base.lm_head.out_features
+        embed = self._base.model.embed_tokens.weight
+        self.device, self.dtype = embed.device, embed.dtype
+        self.max_batch = max_batch
+        self.max_seq_len = -(-max_seq_len // 64) * 64  # whole blocks of 64 keep attention masks aligned
+        on_cuda = self.device.type == "cuda"
+        self.use_cuda_graph = on_cuda if use_cuda_graph is None else (use_cuda_graph and on_cuda)
+        self.compile = compile and on_cuda
+
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = pad if pad is not None else (getattr(cfg, "pad_token_id", None) or 0)
+        eos = getattr(tokenizer, "eos_token_id", None)
+        if eos is None:
+            eos = getattr(self._base.generation_config, "eos_token_id", None)
+        self.default_eos = [eos] if isinstance(eos, int) else list(eos or [])
+
+        B, S, dev = max_batch, self.max_seq_len, self.device
+        shape = (B, self.n_kv_heads, S, self.head_dim)
+        self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in range(self.n_layers)]
+        self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in range(self.n_layers)]
+        # Decode-step inputs. Static tensors: a captured graph reads these addresses.
+        self.tokens = torch.full((B,), self.pad_id, dtype=torch.long, device=dev)
+        self.cur = torch.zeros(B, dtype=torch.long, device=dev)  # column the next token is written to
+        self.start = torch.zeros(B, dtype=torch.long, device=dev)  # first valid column of the row
+        self._cols = torch.arange(S, device=dev)
+        self._rows = torch.arange(B, device=dev)
+        self._cos, self._sin = self._rope_tables(S + 1)
+
+        self.w = self._alloc_weights()
+        self._fingerprint: tuple | None = None
+        self.sync_weights()
+
+        self._step_fn = self._forward_step
+        if self.compile:
+            self._step_fn = torch.compile(self._forward_step, dynamic=False, fullgraph=True)
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor]] = {}
+        self._pool = torch.cuda.graph_pool_handle() if self.use_cuda_graph else None
+
+    # ------------------------------------------------------------------ weights
+
+    def _alloc_weights(self) -> _Weights:
+        def empty_like(t: Tensor) -> Tensor:
+            return torch.empty(t.shape, dtype=self.dtype, device=self.device)
+
+        src = self._source_weights()
+        embed = empty_like(src["embed"])
+        tied = src["lm_head"] is src["embed"] or src["lm_head"].data_ptr() == src["embed"].data_ptr()
+        w = _Weights(
+            embed=embed, lm_head=embed if tied else empty_like(src["lm_head"]), norm=empty_like(src["norm"])
+        )
+        for layer in src["layers"]:
+            w.ln1.append(empty_like(layer["ln1"]))
+            w.ln2.append(empty_like(layer["ln2"]))
+            w.qkv.append(empty_like(torch.cat([layer["q"], layer["k"], layer["v"]])))
+            biases = [layer[f"{n}_bias"] for n in "qkv"]
+            has_bias = any(b is not None for b in biases)
+            w.qkv_bias.append(
+                torch.zeros(w.qkv[-1].shape[0], dtype=self.dtype, device=self.device) if has_bias else None
+            )
+            w.o.append(empty_like(layer["o"]))
+            w.gate_up.append(empty_like(torch.cat([layer["gate"], layer["up"]])))
+            w.down.append(empty_like(layer["down"]))
+        self._tied = tied
+        return w
+
+    def _source_weights(self) -> dict[str, Any]:
+        """Effective weights of the model (LoRA deltas merged), as views or fresh tensors."""
+        base = self._base
+        layers = []
+        for block in base.model.layers:
+            attn, mlp = block.self_attn, block.mlp
+            layer = {"ln1": block.input_layernorm.weight, "ln2": block.post_attention_layernorm.weight}
+            for name, lin in [
+                ("q", attn.q_proj),
+                ("k", attn.k_proj),
+                ("v", attn.v_proj),
+                ("o", attn.o_proj),
+                ("gate", mlp.gate_proj),
+                ("up", mlp.up_proj),
+                ("down", mlp.down_proj),
+            ]:
+                layer[name], layer[f"{name}_bias"] = _effective_linear(lin)
+            layers.append(layer)
+        return {
+            "embed": _plain_weight(base.model.embed_tokens),
+            "lm_head": _plain_weight(base.lm_head),
+            "norm": base.model.norm.weight,
+            "layers": layers,
+        }
+
+    def _model_fingerprint(self) -> tuple:
+        # In-place updates (optimizer steps, load_state_dict) bump a tensor's _version; new adapters
+        # add parameters; peft's merge/disable/set_adapter switches are read off the LoRA layers.
+        state = [(id(p), p._version) for p in self.model.parameters()]
+        for module in self._base.modules():
+            if hasattr(module, "get_delta_weight") and hasattr(module, "lora_A"):
+                state.append((module.merged, module.disable_adapters, tuple(module.active_adapters)))
+        return tuple(state)
+
+    @torch.no_grad()
+    def sync_weights(self, force: bool = False) -> bool:
+        """Copy the model's current weights into the engine if they changed; returns whether it copied.
+
+        Copies go into the existing buffers, so captured CUDA graphs stay valid.
+        """
+        fingerprint = self._model_fingerprint()
+        if not force and fingerprint == self._fingerprint:
+            return False
+        src, w = self._source_weights(), self.w
+        w.embed.copy_(src["embed"])
+        if not self._tied:
+            w.lm_head.copy_(src["lm_head"])
+        w.norm.copy_(src["norm"])
+        for i, layer in enumerate(src["layers"]):
+            w.ln1[i].copy_(layer["ln1"])
+            w.ln2[i].copy_(layer["ln2"])
+            w.qkv[i].copy_(torch.cat([layer["q"], layer["k"], layer["v"]]))
+            if w.qkv_bias[i] is not None:
+                sizes = [layer[n].shape[0] for n in "qkv"]
+                for part, n in zip(w.qkv_bias[i].split(sizes), "qkv", strict=True):
+                    bias = layer[f"{n}_bias"]
+                    part.copy_(bias) if bias is not None else part.zero_()
+            w.o[i].copy_(layer["o"])
+            w.gate_up[i].copy_(torch.cat([layer["gate"], layer["up"]]))
+            w.down[i].copy_(layer["down"])
+        self._fingerprint = fingerprint
+        return True
+
+    @torch.no_grad()
+    def _rope_tables(self, n_positions: int) -> tuple[Tensor, Tensor]:
+        """cos/sin for positions 0..n-1 from the model's own rotary module (its rope_theta and scaling).
+
+        HF computes them per position with elementwise ops, so a table lookup gives identical values.
+        The sin table carries rotate_half's sign: rotate_half(x) * sin == roll(x, D/2) * signed_sin.
+        """
+        rotary = self._base.model.rotary_emb
+        rope_type = getattr(rotary, "rope_type", "default")
+        if "dynamic" in str(rope_type) or "longrope" in str(rope_type):
+            raise ValueError(f"rope_type {rope_type!r} depends on the sequence length; not supported")
+        pos = torch.arange(n_positions, device=self.device)[None]
+        probe = torch.zeros(1, dtype=self.dtype, device=self.device)
+        cos, sin = rotary(probe, pos)
+        half = self.head_dim // 2
+        sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
+        return cos[0].contiguous(), sin.contiguous()
+
+    # ------------------------------------------------------------------ the decode step
+
+    def _rms_norm(self, x: Tensor, weight: Tensor) -> Tensor:
+        # HF's LlamaRMSNorm, op for op (fp32 statistics, round, then scale) so results match it.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return weight * h.to(x.dtype)
+
+    def _attention(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+        """One query token per row: q ``[b, Hkv, G, D]``, k/v ``[b, Hkv, kvl, D]``, bias ``[b, 1, 1, kvl]``."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+
+    def _forward_step(self, b: int, kvl: int) -> Tensor:
+        """Decode one token for cache rows ``0..b-1`` attending to columns ``0..kvl-1``.
+
+        Reads ``tokens``/``cur``/``start``, writes the new keys/values at column ``cur``, returns
+        the next-token logits ``[b, vocab]`` in fp32. Running it twice on the same inputs gives the
+        same result (it only reads columns < cur plus the one it writes): graph warm-up relies on it.
+        """
+        w, Hq, Hkv, D = self.w, self.n_heads, self.n_kv_heads, self.head_dim
+        rows, cur, start = self._rows[:b], self.cur[:b], self.start[:b]
+        pos = cur - start
+        cos, sin = self._cos[pos].unsqueeze(1), self._sin[pos].unsqueeze(1)  # [b, 1, D]
+        cols = self._cols[:kvl]
+        mask = (cols >= start[:, None]) & (cols <= cur[:, None])
+        # Additive mask, built once per step rather than converted from bool in each layer's attention.
+        bias = torch.zeros((b, 1, 1, kvl), dtype=self.dtype, device=self.device)
+        bias = bias.masked_fill(~mask[:, None, None, :], float("-inf"))
+        x = F.embedding(self.tokens[:b], w.embed)  # [b, hidden]
+        for i in range(self.n_layers):
+            h = self._rms_norm(x, w.ln1[i])
+            qkv = F.linear(h, w.qkv[i], w.qkv_bias[i]).view(b, Hq + 2 * Hkv, D)
+            qk, v = qkv[:, : Hq + Hkv], qkv[:, Hq + Hkv :]
+            qk = qk * cos + qk.roll(D // 2, dims=-1) * sin  # RoPE on q and k heads together
+            q, k = qk[:, :Hq], qk[:, Hq:]
+            kc, vc = self.k_cache[i], self.v_cache[i]
+            kc[rows, :, cur] = k
+            vc[rows, :, cur] = v
+            # GQA without copying K/V: the G query heads sharing a KV head act as G query positions
+            # (all at the same position, hence no causal mask between them).
+            o = self._attention(q.reshape(b, Hkv, Hq // Hkv, D), kc[:b, :, :kvl], vc[:b, :, :kvl], bias)
+            x = x + F.linear(o.reshape(b, Hq * D), w.o[i])
+            h = self._rms_norm(x, w.ln2[i])
+            gate, up = F.linear(h, w.gate_up[i]).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, w.down[i])
+        h = self._rms_norm(x, w.norm)
+        return F.linear(h, w.lm_head).float()
+
+    def _decode(self, b: int, kvl: int) -> Tensor:
+        """Run one decode step (replaying its CUDA graph when enabled), advance ``cur``, return logits.
+
+        With graphs the logits live in the graph's output buffer: read them before the next step.
+        """
+        if self.use_cuda_graph:
+            graph, logits = self._graphs.get((b, kvl)) or self._capture(b, kvl)
+            graph.replay()
+        else:
+            logits = self._step_fn(b, kvl)
+        # Outside the graph so that warm-up runs stay idempotent; clamped so idle rows stay in bounds.
+        self.cur[:b].add_(1).clamp_(max=self.max_seq_len - 1)
+        return logits
+
+    def _capture(self, b: int, kvl: int) -> tuple[torch.cuda.CUDAGraph, Tensor]:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up (and compilation) outside the capture
+            for _ in range(2):
+                self._step_fn(b, kvl)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        # All graphs share one pool: their intermediates are dead between replays, which never overlap,
+        # and each graph's output stays allocated because we hold it.
+        with torch.cuda.graph(graph, pool=self._pool):
+            logits = self._step_fn(b, kvl)
+        self._graphs[(b, kvl)] = graph, logits
+        return graph, logits
+
+    def _buckets(self, n: int, columns: int) -> tuple[int, int]:
+        """Batch rows and KV columns to run for ``n`` sequences needing ``columns`` cache columns.
+
+        Rounded up so a few graphs serve all calls; a compiled step is compiled once, at full size.
+        """
+        if self.compile:
+            return self.max_batch, self.max_seq_len
+        b = 1 << max(0, math.ceil(math.log2(n))) if self.use_cuda_graph else n
+        return min(b, self.max_batch), min(self.max_seq_len, -(-columns // 64) * 64)
+
+    # ------------------------------------------------------------------ prefill and sampling
+
+    @torch.no_grad()
+    def _prefill(self, prompts: Sequence[Sequence[int]], slots: Tensor) -> tuple[Tensor, int]:
+        """Run the HF model on ``prompts`` (left-padded), store their KV in cache rows ``slots``.
+
+        Returns the last-position logits ``[n, vocab]`` (fp32) and the padded length P; row
+        ``slots[j]`` then holds its prompt in columns ``P - len_j .. P - 1``.
+        """
+        n, P = len(prompts), max(len(p) for p in prompts)
+        if P > self.max_seq_len:
+            raise ValueError(f"prompt of {P} tokens does not fit max_seq_len={self.max_seq_len}")
+        ids = torch.full((n, P), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, P), dtype=torch.long)
+        for j, p in enumerate(prompts):
+            if len(p) == 0:
+                raise ValueError("empty prompt")
+            ids[j, P - len(p) :] = torch.as_tensor(p, dtype=torch.long)
+            mask[j, P - len(p) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        was_training = self.model.training
+        self.model.eval()  # no dropout in rollouts
+        try:
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        finally:
+            self.model.train(was_training)
+        contiguous = bool(torch.equal(slots.cpu(), torch.arange(int(slots[0]), int(slots[0]) + n)))
+        # transformers renamed the output field past_key_values -> cache (5.2x); accept both.
+        cache = out["cache"] if "cache" in out else out["past_key_values"]
+        for i, (k, v) in enumerate(_cache_layers(cache)):
+            if contiguous:  # plain slice copy; the index form below is a scatter
+                s0 = int(slots[0])
+                self.k_cache[i][s0 : s0 + n, :, :P].copy_(k)
+                self.v_cache[i][s0 : s0 + n, :, :P].copy_(v)
+            else:
+                self.k_cache[i][slots, :, :P] = k.to(self.dtype)
+                self.v_cache[i][slots, :, :P] = v.to(self.dtype)
+        lens = torch.tensor([len(p) for p in prompts], device=self.device)
+        self.start[slots] = P - lens
+        self.cur[slots] = P
+        return out.logits[:, -1].float(), P
+
+    @staticmethod
+    def _sample(
+        logits: Tensor, temperature: float, top_p: float, top_k: int, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """Pick the next tokens and their log-probs; no host sync.
+
+        Sampling uses the exponential-race trick (argmax of log p - log E, E ~ Exp(1)), which draws
+        from softmax exactly, in one pass, without multinomial's host round-trip.
+        """
+        if temperature <= 0:
+            token = logits.argmax(-1)
+            logprob = logits.gather(-1, token[:, None]).squeeze(-1) - logits.logsumexp(-1)
+            return token, logprob
+        x = logits / temperature
+        index = None
+        if top_k > 0 or top_p < 1.0:
+            if top_k > 0:
+                x, index = x.topk(min(top_k, x.shape[-1]), dim=-1)  # sorted, largest first
+            else:
+                x, index = x.sort(dim=-1, descending=True)
+            if top_p < 1.0:
+                probs = x.softmax(-1)
+                # Drop a token when the tokens before it already cover top_p; the first always stays.
+                x = x.masked_fill(probs.cumsum(-1) - probs > top_p, float("-inf"))
+        noise = torch.empty_like(x).exponential_(generator=generator).clamp_min_(1e-20).log_()
+        choice = (x - noise).argmax(-1)
+        logprob = x.gather(-1, choice[:, None]).squeeze(-1) - x.logsumexp(-1)
+        token = choice if index is None else index.gather(-1, choice[:, None]).squeeze(-1)
+        return token, logprob
+
+    def _generator(self, seed: int | None) -> torch.Generator | None:
+        return None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
+
+    def _eos(self, eos_token_ids: Iterable[int] | int | None) -> list[int]:
+        if eos_token_ids is None:
+            return self.default_eos
+        return [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids)
+
+    # ------------------------------------------------------------------ public API
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        eos_token_ids: Iterable[int] | int | None = None,
+        seed: int | None = None,
+    ) -> list[GenerationResult]:
+        """Complete each prompt; greedy when ``temperature == 0``.
+
+        Args:
+            prompt_ids: token ids of each prompt (any lengths; more than ``max_batch`` is fine).
+            max_new_tokens: most tokens generated per prompt (fewer if the cache would overflow).
+            temperature, top_p, top_k: sampling settings; ``top_k=0`` and ``top_p=1`` disable them.
+            eos_token_ids: tokens that end a completion (default: the tokenizer's EOS; ``()`` for none).
+            seed: seeds a private generator, for reproducible sampling.
+        """
+        self.sync_weights()
+        eos = torch.tensor(self._eos(eos_token_ids), dtype=torch.long, device=self.device)
+        generator = self._generator(seed)
+        results: list[GenerationResult] = []
+        for i in range(0, len(prompt_ids), self.max_batch):
+            chunk = prompt_ids[i : i + self.max_batch]
+            results += self._generate_chunk(chunk, max_new_tokens, temperature, top_p, top_k, eos, generator)
+        return results
+
+    def _generate_chunk(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        eos: Tensor,
+        generator: torch.Generator | None,
+    ) -> list[GenerationResult]:
+        n = len(prompts)
+        logits, P = self._prefill(prompts, self._rows[:n])
+        max_new = min(max_new_tokens, self.max_seq_len + 1 - P)  # the last token is never written
+        b, kvl = self._buckets(n, P + max_new - 1)
+        self.start[n:b], self.cur[n:b] = 0, 0  # padding rows: harmless, in-bounds work
+        tokens = torch.empty((n, max(max_new, 0)), dtype=torch.long, device=self.device)
+        logprobs = torch.empty((n, max(max_new, 0)), dtype=torch.float32, device=self.device)
+        done = torch.zeros(n, dtype=torch.bool, device=self.device)
+        steps = 0
+        for t in range(max_new):
+            token, logprob = self._sample(logits, temperature, top_p, top_k, generator)
+            tokens[:, t], logprobs[:, t] = token, logprob
+            steps = t + 1
+            done |= torch.isin(token, eos)
+            # Poll for "all finished" only now and then: each poll is a host sync that stalls the GPU queue.
+            if t == max_new - 1 or (t % 16 == 15 and bool(done.all())):
+                break
+            self.tokens[:n] = token
+            logits = self._decode(b, kvl)[:n]
+        return _collect(tokens[:, :steps].tolist(), logprobs[:, :steps].tolist(), set(eos.tolist()))
+
+
+class ContinuousBatcher:
+    """Keeps up to ``engine.max_batch`` sequences decoding, refilling finished slots from a queue.
+
+    Newcomers are prefilled as a group (all slots freed by the same step) and their KV copied
+    into the free cache rows; rows already decoding are not disturbed. Each decode step pays a
+    small host sync (which rows finished), in exchange for never decoding a finished row for long.
+
+    Example::
+
+        batcher = ContinuousBatcher(engine, max_new_tokens=128)
+        for index, result in batcher.run(prompts):  # results arrive as they finish
+            ...
+    """
+
+    def __init__(
+        self,
+        engine: RolloutEngine,
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        eos_token_ids: Iterable[int] | int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.engine = engine
+        self.max_new_tokens = max_new_tokens
+        self.sampling = (temperature, top_p, top_k)
+        self.eos = set(engine._eos(eos_token_ids))
+        self.generator = engine._generator(seed)
+
+    @torch.no_grad()
+    def run(self, prompts: Iterable[Sequence[int]]) -> Iterator[tuple[int, GenerationResult]]:
+        """Yield ``(index of the prompt, result)`` for every prompt, in order of completion."""
+        engine = self.engine
+        engine.sync_weights()
+        queue = deque(enumerate(prompts))
+        B, S = engine.max_batch, engine.max_seq_len
+        free = list(range(B))
+        slots: dict[int, _Slot] = {}  # cache row -> sequence in it
+        while queue or slots:
+            if queue and free:
+                free.sort()  # lowest rows first keeps the active rows, and the batch bucket, small
+                group = [queue.popleft() for _ in range(min(len(free), len(queue)))]
+                rows, free = free[: len(group)], free[len(group) :]
+                logits, P = engine._prefill([p for _, p in group], torch.tensor(rows, device=engine.device))
+                for row, (index, _) in zip(rows, group, strict=True):
+                    slots[row] = _Slot(index, limit=min(self.max_new_tokens, S + 1 - P))
+                yield from self._advance(rows, logits, slots, free)
+                continue  # fill every free row before the next decode step
+            if not slots:
+                break
+            active = sorted(slots)
+            b, kvl = engine._buckets(active[-1] + 1, int(engine.cur[active].max()) + 1)
+            logits = engine._decode(b, kvl)
+            yield from self._advance(active, logits[active], slots, free)
+
+    def _advance(
+        self, rows: list[int], logits: Tensor, slots: dict[int, _Slot], free: list[int]
+    ) -> Iterator[tuple[int, GenerationResult]]:
+        """Sample the next token of each row in ``rows``; retire the sequences that finished."""
+        engine = self.engine
+        token, logprob = engine._sample(logits, *self.sampling, self.generator)
+        row_index = torch.tensor(rows, device=engine.device)
+        engine.tokens[row_index] = token
+        for row, t, lp in zip(rows, token.tolist(), logprob.tolist(), strict=True):
+            slot = slots[row]
+            slot.ids.append(t)
+            slot.logprobs.append(lp)
+            if t in self.eos or len(slot.ids) >= slot.limit:
+                del slots[row]
+                free.append(row)
+                reason = "stop" if t in self.eos else "length"
+                yield slot.index, GenerationResult(slot.ids, slot.logprobs, reason)
+
+    def generate(self, prompts: Sequence[Sequence[int]]) -> list[GenerationResult]:
+        """All results, in the order of ``prompts``."""
+        out: list[GenerationResult | None] = [None] * len(prompts)
+        for index, result in self.run(prompts):
+            out[index] = result
+        return out  # type: ignore[return-value]
+
+
+@dataclass
+class _Slot:
+    """A sequence decoding in one cache row of a ContinuousBatcher."""
+
+    index: int
+    limit: int
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _collect(tokens: list[list[int]], logprobs: list[list[float]], eos: set[int]) -> list[GenerationResult]:
+    """Cut each row after its first EOS."""
+    results = []
+    for ids, lps in zip(tokens, logprobs, strict=True):
+        end = next((j + 1 for j, t in enumerate(ids) if t in eos), None)
+        if end is None:
+            results.append(GenerationResult(ids, lps, "length"))
+        else:
+            results.append(GenerationResult(ids[:end], lps[:end], "stop"))
+    return results
+
+
+def _base_model(model: Any) -> Any:
+    """The HF model under a peft wrapper (or the model itself)."""
+    peft_config = getattr(model, "peft_config", None)
+    if peft_config:
+        for cfg in peft_config.values():
+            if getattr(cfg, "is_prompt_learning", False):
+                raise NotImplementedError(
+                    "prompt-learning adapters (p-tuning) need HF generate, not RolloutEngine"
+                )
+        model = model.get_base_model()
+    if not hasattr(model, "model") or not hasattr(model.model, "layers"):
+        raise ValueError(f"RolloutEngine needs a llama-style causal LM, got {type(model).__name__}")
+    return model
+
+
+def _plain_weight(module: Any) -> Tensor:
+    return module.base_layer.weight if hasattr(module, "base_layer") else module.weight
+
+
+def _effective_linear(linear: Any) -> tuple[Tensor, Tensor | None]:
+    """(weight, bias) of a Linear, with the active, unmerged peft LoRA deltas added to the weight."""
+    if not (hasattr(linear, "get_delta_weight") and hasattr(linear, "base_layer")):
+        return linear.weight, linear.bias
+    base = linear.base_layer
+    weight = base.weight
+    if not linear.merged and not linear.disable_adapters:
+        for name in linear.active_adapters:
+            if name in linear.lora_A:
+                if getattr(linear, "use_dora", {}).get(name, False):
+                    raise NotImplementedError("DoRA adapters are not supported by RolloutEngine")
+                weight = weight + linear.get_delta_weight(name)
+    return weight, base.bias
+
+
+def _cache_layers(cache: Any) -> list[tuple[Tensor, Tensor]]:
+    """Per-layer (keys, values) ``[batch, kv_heads, seq, head_dim]`` from any HF cache flavour."""
+    if hasattr(cache, "layers"):  # transformers >= 4.56
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    if hasattr(cache, "key_cache"):
+        return list(zip(cache.key_cache, cache.value_cache, strict=True))
+    return [(k, v) for k, v in cache]

@@ -1,0 +1,330 @@
+"""LMPolicy: a language model acting as an agent, one batched call per environment step.
+
+The policy is stateless with respect to environments: each call gets, per row, either the
+full text the assistant sees at this step (:meth:`LMPolicy.act`) or a whole chat history
+(:meth:`LMPolicy.act_messages`). Prompts go through the model's chat template; completions
+come from :class:`~cmat_gym.agents.engine.RolloutEngine` (fast, static KV cache) or, for
+prompt-learning adapters the engine cannot run, from HF ``generate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cmat_gym.agents.engine import GenerationResult, RolloutEngine
+from cmat_gym.agents.models import DEFAULT_MODEL, load_model
+
+Message = dict[str, str]
+
+# Every linear layer of a llama block: LoRA on all of them is the usual choice for small models.
+LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class Completion:
+    """One action with what is needed to train on it.
+
+    Attributes:
+        text: the action text (special tokens removed, cut before the first stop string).
+        prompt_ids: the prompt's token ids (chat template applied).
+        completion_ids: generated ids; when a stop string ended the action, up to and including the
+            token that completed it, so that ``prompt_ids + completion_ids`` is what the model produced.
+        logprobs: log-probability of each completion token under the sampling distribution.
+        finish_reason: ``"stop"`` (EOS or a stop string) or ``"length"``.
+    """
+
+    text: str
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str
+
+
+class LMPolicy:
+    """A chat language model as a batched text policy.
+
+    Args:
+        model: HF causal LM (possibly a peft model); tokenizer: its tokenizer (see :func:`load_model`).
+        system_prompt: prepended as a system message unless a conversation starts with one.
+        temperature: 0 for greedy decoding; top_p, top_k: nucleus / top-k sampling (1.0 / 0 = off).
+        max_new_tokens: most tokens per action.
+        stop: strings that end an action (the text is cut before the first one).
+        seed: makes sampling reproducible (each call draws a fresh seed from it).
+        backend: ``"engine"`` (RolloutEngine), ``"hf"`` (HF generate) or ``"auto"`` (the engine
+            unless a prompt-learning adapter is active).
+        max_batch, max_seq_len: RolloutEngine sizes (rows decoded at once; prompt + action tokens).
+            Its KV cache is preallocated: SmolLM2 needs 23 KB per row and token in bf16 (46 KB fp32),
+            so 16 x 2048 takes 0.75 GB. Larger calls are decoded in chunks of ``max_batch``.
+        compile: let the engine ``torch.compile`` its decode step (CUDA; ~1.7x faster decoding,
+            ~30 s compile, always runs the full ``max_batch x max_seq_len`` shape).
+
+    Example::
+
+        policy = LMPolicy.from_pretrained("smollm2-135m-instruct", system_prompt="You are a SQL agent.")
+        actions = policy.act(["Task: count the users.", "Task: list the tables."])
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        system_prompt: str | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        max_new_tokens: int = 256,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        backend: str = "auto",
+        max_batch: int = 16,
+        max_seq_len: int = 2048,
+        compile: bool = False,
+    ) -> None:
+        if backend not in ("auto", "engine", "hf"):
+            raise ValueError(f"backend must be 'auto', 'engine' or 'hf', not {backend!r}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt
+        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+        self.max_new_tokens = max_new_tokens
+        self.stop = list(stop)
+        self.seed = seed
+        self.backend = backend
+        self.max_batch, self.max_seq_len, self.compile = max_batch, max_seq_len, compile
+        self._engine: RolloutEngine | None = None
+        self._calls = 0
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str = DEFAULT_MODEL,
+        *,
+        adapter: str | Path | None = None,
+        trainable: bool = False,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str | None = None,
+        **kwargs: Any,
+    ) -> LMPolicy:
+        """Load a model by name or folder (see :func:`load_model`), optionally with a saved peft adapter.
+
+        ``trainable=True`` leaves the adapter's weights trainable (to continue training it).
+        Other keyword arguments go to :class:`LMPolicy`.
+        """
+        model, tokenizer = load_model(name_or_path, device=device, dtype=dtype)
+        policy = cls(model, tokenizer, **kwargs)
+        if adapter is not None:
+            policy.load_adapter(adapter, trainable=trainable)
+        return policy
+
+    # ------------------------------------------------------------------ acting
+
+    def act(
+        self, observations: Sequence[str], *, return_details: bool = False, **overrides: Any
+    ) -> list[Any]:
+        """One action per observation (each the full text the assistant sees, sent as a user turn).
+
+        Returns strings, or :class:`Completion` objects when ``return_details`` is true.
+        ``overrides`` replace sampling settings for this call (temperature, top_p, top_k,
+        max_new_tokens, stop, seed).
+        """
+        conversations = [[{"role": "user", "content": obs}] for obs in observations]
+        return self.act_messages(conversations, return_details=return_details, **overrides)
+
+    def act_messages(
+        self, conversations: Sequence[Sequence[Message]], *, return_details: bool = False, **overrides: Any
+    ) -> list[Any]:
+        """One assistant reply per chat history (lists of ``{"role", "content"}`` dicts)."""
+        settings = self._settings(overrides)
+        prompts = [self.prompt_ids(messages) for messages in conversations]
+        if not prompts:
+            return []
+        if self._use_engine():
+            results = self.engine.generate(
+                prompts,
+                settings["max_new_tokens"],
+                temperature=settings["temperature"],
+                top_p=settings["top_p"],
+                top_k=settings["top_k"],
+                eos_token_ids=self.eos_token_ids,
+                seed=settings["seed"],
+            )
+        else:
+            results = self._generate_hf(prompts, settings)
+        completions = [self._finish(p, r, settings["stop"]) for p, r in zip(prompts, results, strict=True)]
+        return completions if return_details else [c.text for c in completions]
+
+    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
+        """Token ids of the chat-templated prompt for ``messages``, ending with the assistant header."""
+        messages = list(messages)
+        if self.system_prompt is not None and (not messages or messages[0]["role"] != "system"):
+            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        # The template already wrote any BOS/special tokens as text: add none twice.
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Tokens that end a reply: the tokenizer's EOS and the model's generation-config EOS."""
+        ids = [self.tokenizer.eos_token_id]
+        config_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids += [config_eos] if isinstance(config_eos, int) else list(config_eos or [])
+        return sorted({i for i in ids if i is not None})
+
+    @property
+    def engine(self) -> RolloutEngine:
+        """The RolloutEngine over this policy's model (built on first use)."""
+        if self._engine is None or self._engine.model is not self.model:
+            self._engine = RolloutEngine(
+                self.model,
+                self.tokenizer,
+                max_batch=self.max_batch,
+                max_seq_len=self.max_seq_len,
+                compile=self.compile,
+            )
+        return self._engine
+
+    def _use_engine(self) -> bool:
+        if self.backend != "auto":
+            return self.backend == "engine"
+        return not any(
+            getattr(c, "is_prompt_learning", False) for c in getattr(self.model, "peft_config", {}).values()
+        )
+
+    def _settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        settings = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "max_new_tokens": self.max_new_tokens,
+            "stop": self.stop,
+            "seed": None,
+        }
+        unknown = set(overrides) - set(settings)
+        if unknown:
+            raise TypeError(f"unknown sampling settings: {sorted(unknown)}")
+        settings.update(overrides)
+        if settings["seed"] is None and self.seed is not None:
+            settings["seed"] = self.seed * 1_000_003 + self._calls  # a new stream per call, reproducibly
+        self._calls += 1
+        return settings
+
+    def _finish(self, prompt: list[int], result: GenerationResult, stop: Sequence[str]) -> Completion:
+        """Decode a completion and cut it at the first stop string."""
+        ids, logprobs, reason = result.completion_ids, result.logprobs, result.finish_reason
+        text = self._decode(ids)
+        hits = [(i, i + len(s)) for s in stop if s and (i := text.find(s)) >= 0]
+        if hits:
+            cut, end = min(hits)
+            n = self._tokens_to_reach(ids, end)
+            ids, logprobs, reason, text = ids[:n], logprobs[:n], "stop", text[:cut]
+        return Completion(text, list(prompt), list(ids), list(logprobs), reason)
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _tokens_to_reach(self, ids: Sequence[int], n_chars: int) -> int:
+        """Fewest leading tokens whose text is at least ``n_chars`` long (the stop string is then complete)."""
+        # Decoded text grows with the number of tokens, so binary search.
+        lo, hi = 1, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(self._decode(ids[:mid])) >= n_chars:
+                hi = mid
+            else:
+                lo = mid + 1
+        return hi
+
+    @torch.no_grad()
+    def _generate_hf(self, prompts: list[list[int]], settings: dict[str, Any]) -> list[GenerationResult]:
+        """HF ``generate`` fallback (prompt-learning adapters), with the same result format."""
+        device = next(self.model.parameters()).device
+        P = max(map(len, prompts))
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (P - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts], device=device)
+        sample = settings["temperature"] > 0
+        if settings["seed"] is not None:
+            torch.manual_seed(settings["seed"])
+        kwargs: dict[str, Any] = {"do_sample": sample}
+        if sample:
+            kwargs.update(
+                temperature=settings["temperature"], top_p=settings["top_p"], top_k=settings["top_k"]
+            )
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=settings["max_new_tokens"],
+                eos_token_id=self.eos_token_ids,
+                pad_token_id=pad,
+                return_dict_in_generate=True,
+                output_scores=sample,
+                output_logits=not sample,
+                **kwargs,
+            )
+        finally:
+            self.model.train(was_training)
+        # Sampling: `scores` are the processed logits, i.e. the sampling distribution. Greedy: raw logits.
+        steps = torch.stack(out.scores if sample else out.logits, dim=1).float()  # [n, T, vocab]
+        new = out.sequences[:, P:]
+        logprobs = steps.log_softmax(-1).gather(-1, new[..., None]).squeeze(-1)
+        eos = set(self.eos_token_ids)
+        results = []
+        for row, lps in zip(new.tolist(), logprobs.tolist(), strict=True):
+            end = next((j + 1 for j, t in enumerate(row) if t in eos), None)
+            if end is None:
+                results.append(GenerationResult(row, lps, "length"))
+            else:
+                results.append(GenerationResult(row[:end], lps[:end], "stop"))
+        return results
+
+    # ------------------------------------------------------------------ adapters
+
+    def add_adapter(self, kind: str = "lora", **cfg: Any) -> None:
+        """Wrap the model with a new trainable peft adapter.
+
+        ``kind="lora"``: ``cfg`` goes to ``peft.LoraConfig`` (defaults: r=8, lora_alpha=16, no dropout,
+        all linear layers of each block). ``kind="p-tuning"``: ``cfg`` goes to
+        ``peft.PromptEncoderConfig`` (defaults: 16 virtual tokens, encoder width 128); such a policy
+        generates with HF ``generate``.
+        """
+        from peft import LoraConfig, PromptEncoderConfig, get_peft_model
+
+        if kind == "lora":
+            config = LoraConfig(
+                task_type="CAUSAL_LM",
+                **{"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": LLAMA_LINEARS, **cfg},
+            )
+        elif kind in ("p-tuning", "ptuning", "p_tuning"):
+            config = PromptEncoderConfig(
+                task_type="CAUSAL_LM", **{"num_virtual_tokens": 16, "encoder_hidden_size": 128, **cfg}
+            )
+        else:
+            raise ValueError(f"unknown adapter kind {kind!r}: use 'lora' or 'p-tuning'")
+        if getattr(self.model, "peft_config", None):
+            raise ValueError("the model already has an adapter; save it, or load the base model again")
+        self.model = get_peft_model(self.model, config)
+
+    def save_adapter(self, path: str | Path) -> None:
+        """Save the adapter's weights and config (peft format) to the folder ``path``."""
+        if not getattr(self.model, "peft_config", None):
+            raise ValueError("the policy has no adapter to save (see add_adapter)")
+        self.model.save_pretrained(str(path))
+
+    def load_adapter(self, path: str | Path, *, trainable: bool = False) -> None:
+        """Wrap the model with the adapter saved in ``path``."""
+        from peft import PeftModel
+
+        if getattr(self.model, "peft_config", None):
+            raise ValueError("the model already has an adapter")
+        self.model = PeftModel.from_pretrained(self.model, str(path), is_trainable=trainable)
+        if not trainable:
+            self.model.eval()
