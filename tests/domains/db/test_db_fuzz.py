@@ -223,7 +223,9 @@ def test_dangerous_sql_in_every_grammar(env, scratch, data, index):
         before = table_or_none(env)
         started = time.perf_counter()
         obs, *_ = check_step(env, action)
-        assert time.perf_counter() - started < STATEMENT_TIMEOUT_S + 1.0, sql
+        # A hang guard, not a timing test: a never-ending CTE would run forever without the limit,
+        # and a loaded 2-core CI machine can be slow, so the margin is wide.
+        assert time.perf_counter() - started < STATEMENT_TIMEOUT_S + 10.0, sql
         if "; DROP TABLE" in sql or "; DELETE" in sql:  # injection idioms: refused, nothing changed
             assert obs.startswith("Error:")
             assert table_or_none(env) == before
@@ -290,7 +292,7 @@ def test_megabyte_actions(env, action):
         env.reset(options={"task_index": index})
         started = time.perf_counter()
         obs, *_ = check_step(env, action)
-        assert time.perf_counter() - started < 5.0
+        assert time.perf_counter() - started < 60.0  # a hang guard (speed lives in benchmarks/)
         assert len(obs) <= env.max_obs_chars
         assert_still_usable(env, index)
 
