@@ -437,7 +437,7 @@ def test_replacing_the_graded_table_by_an_endless_view_does_not_hang_scoring(han
     )
     started = time.perf_counter()
     _, reward, terminated, _, info = hand_env.step(final(["done"]))
-    assert time.perf_counter() - started < 3.0
+    assert time.perf_counter() - started < 30.0  # hang guard: the endless view must be cut off
     assert terminated and reward == 0.0 and not info["success"]
 
 
