@@ -49,18 +49,12 @@ def time_episode(env: Any, actions: list[str], index: int) -> tuple[list[float],
     return times, rejected
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--episodes", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--checker", default="rule", choices=("rule", "none"))
-    parser.add_argument("--tasks", default="procedural", help="'procedural' or a dbbench file")
-    parser.add_argument("--json", dest="json_path", default=None)
-    args = parser.parse_args(argv)
-
-    raw = DBEnv(tasks=args.tasks)
-    cmat = make_cmat("cmat/DB-v0", checker=args.checker, tasks=args.tasks)
-    n = args.episodes if raw.num_tasks is None else min(args.episodes, raw.num_tasks)
+def measure_overhead(episodes: int = 100, repeats: int = 5, checker: str = "rule",
+                     tasks: str = "procedural") -> dict[str, Any]:
+    """Time the oracle's steps through the raw env and the CMAT wrapper (see the module docstring)."""
+    raw = DBEnv(tasks=tasks)
+    cmat = make_cmat("cmat/DB-v0", checker=checker, tasks=tasks)
+    n = episodes if raw.num_tasks is None else min(episodes, raw.num_tasks)
     raw_steps: list[float] = []
     cmat_steps: list[float] = []
     solved = rejections = 0
@@ -69,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         actions = DBEnv.oracle_actions(raw.task)
         raw_runs, cmat_runs = [], []
         gc.disable()  # a collection in the middle of a step would land on one side only
-        for repeat in range(args.repeats):
+        for repeat in range(repeats):
             order: list[tuple[Any, list[list[float]]]] = [(raw, raw_runs), (cmat, cmat_runs)]
             if (i + repeat) % 2:  # take turns at going first
                 order.reverse()
@@ -90,24 +84,44 @@ def main(argv: list[str] | None = None) -> int:
     cmat_mean = sum(cmat_steps) / len(cmat_steps)
     ratio = cmat_mean / raw_mean
     median_ratio = statistics.median(c / r for c, r in zip(cmat_steps, raw_steps, strict=True))
-    passed = ratio <= RATIO_TARGET
-    result = {
-        "tasks": args.tasks, "episodes": n, "steps": len(raw_steps), "repeats": args.repeats,
-        "checker": args.checker, "raw_step_us": raw_mean * 1e6, "cmat_step_us": cmat_mean * 1e6,
-        "ratio": ratio, "median_step_ratio": median_ratio, "target": RATIO_TARGET, "pass": passed,
+    return {
+        "tasks": tasks, "episodes": n, "steps": len(raw_steps), "repeats": repeats,
+        "checker": checker, "raw_step_us": raw_mean * 1e6, "cmat_step_us": cmat_mean * 1e6,
+        "ratio": ratio, "median_step_ratio": median_ratio, "target": RATIO_TARGET, "pass": ratio <= RATIO_TARGET,
         "oracle_success_through_loop": solved / n, "rejections": rejections,
     }
-    print(f"CMAT loop overhead ({args.checker} checker, oracle on {n} {args.tasks} tasks, {len(raw_steps)} steps, "
-          f"min of {args.repeats} repeats)")
-    print(f"  raw env step        {result['raw_step_us']:9.1f} us")
-    print(f"  CMAT wrapper step   {result['cmat_step_us']:9.1f} us")
-    print(f"  ratio (mean step)   {ratio:9.2f}x   (median per-step ratio {median_ratio:.2f}x)  "
-          f"target <= {RATIO_TARGET:g}x: {'PASS' if passed else 'FAIL'}")
-    print(f"  oracle success through the loop: {solved}/{n}; rejected oracle actions: {result['rejections']}")
+
+
+def format_overhead(result: dict[str, Any]) -> str:
+    """The figures of :func:`measure_overhead` as printed lines."""
+    n = result["episodes"]
+    return "\n".join([
+        f"CMAT loop overhead ({result['checker']} checker, oracle on {n} {result['tasks']} tasks, "
+        f"{result['steps']} steps, min of {result['repeats']} repeats)",
+        f"  raw env step        {result['raw_step_us']:9.1f} us",
+        f"  CMAT wrapper step   {result['cmat_step_us']:9.1f} us",
+        f"  ratio (mean step)   {result['ratio']:9.2f}x   (median per-step ratio {result['median_step_ratio']:.2f}x)  "
+        f"target <= {RATIO_TARGET:g}x: {'PASS' if result['pass'] else 'FAIL'}",
+        f"  oracle success through the loop: {round(result['oracle_success_through_loop'] * n)}/{n}; "
+        f"rejected oracle actions: {result['rejections']}",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--checker", default="rule", choices=("rule", "none"))
+    parser.add_argument("--tasks", default="procedural", help="'procedural' or a dbbench file")
+    parser.add_argument("--json", dest="json_path", default=None)
+    args = parser.parse_args(argv)
+
+    result = measure_overhead(args.episodes, args.repeats, args.checker, args.tasks)
+    print(format_overhead(result))
     if args.json_path:
         with open(args.json_path, "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=2)
-    return 0 if passed else 1
+    return 0 if result["pass"] else 1
 
 
 if __name__ == "__main__":

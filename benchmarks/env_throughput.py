@@ -17,8 +17,12 @@ What is measured, per difficulty:
   (env median / baseline median).
 * **steps/s**, **resets/s**: all steps (including the final answer) and all resets of the run.
 
+* **CMAT loop** (same run, after the table): per Assistant step, the single-agent CMAT wrapper with
+  the rule checker against the raw env, both replaying the oracle's actions
+  (:func:`cmat_overhead.measure_overhead` of ``benchmarks/cmat_overhead.py``; ``--cmat-episodes``).
+
 Targets (issue 2): median SQL step <= 2x the raw sqlite execution of the same statement;
-median reset <= 5 ms at difficulty 1.
+median reset <= 5 ms at difficulty 1. Issue 3: CMAT loop step <= 2x the raw env step.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
+from cmat_overhead import format_overhead, measure_overhead  # sibling script (benchmarks/ is on sys.path)
 
 import cmat_gym  # noqa: F401  (registers the envs)
 from cmat_gym.core.task import Task
@@ -208,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", default="train", choices=("train", "test"))
     parser.add_argument("--tasks", metavar="PATH", default=None,
                         help="benchmark the tasks of this file instead of procedural tasks")
+    parser.add_argument("--cmat-episodes", type=int, default=100,
+                        help="episodes of the CMAT loop section (0 skips it)")
     parser.add_argument("--json", metavar="PATH", default=None, help="also write the figures as JSON")
     args = parser.parse_args(argv)
 
@@ -218,9 +225,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     table, ok = report(rows)
     print(f"cmat/DB-v0 env throughput (oracle policy, sqlite {sqlite3.sqlite_version}, "
           f"python {sys.version.split()[0]})\n{table}")
+    cmat = None
+    if args.cmat_episodes > 0:
+        cmat = measure_overhead(args.cmat_episodes, args.repeats, "rule", args.tasks or "procedural")
+        print(f"\n{format_overhead(cmat)}")
+        ok = ok and cmat["pass"]
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"results": rows, "pass": ok}, handle, indent=2)
+            json.dump({"results": rows, "cmat_loop": cmat, "pass": ok}, handle, indent=2)
     return 0 if ok else 1
 
 

@@ -23,3 +23,14 @@ run() {  # run NAME SECONDS CMD...: one benchmark, its own limit, its log in $OU
 # Issue 4: rollout engine vs HF generate (SmolLM2-135M, bf16, batch 256, 128 new tokens).
 run rollout 300 python3 benchmarks/rollout_throughput.py --model smollm2-135m-instruct --device cuda \
     --dtype bf16 --batch 256 --new-tokens 128 --prompt-len 64 --json "$OUT/rollout.json"
+
+# Issue 5: one PPO iteration (rollout / scoring / update breakdown) vs TRL GRPOTrainer, same env,
+# model and batch; then a short real PPO run to check the CUDA path end to end (bf16, engine).
+if [ -f benchmarks/train_throughput.py ]; then
+  run train_throughput 240 python3 benchmarks/train_throughput.py --model smollm2-135m-instruct --device cuda \
+      --json "$OUT/train_throughput.json"
+fi
+run ppo_smoke 180 python3 -m algorithms.ppo_train --env cmat/DB-v0 --model smollm2-135m-instruct --device cuda \
+    --iterations 2 --episodes-per-iteration 64 --max-turns 3 --max-new-tokens 128 --checker rule \
+    --checker-weight 0.1 --output-dir /tmp/ppo_smoke
+cp /tmp/ppo_smoke/metrics.jsonl "$OUT/ppo_smoke_metrics.jsonl" 2>/dev/null || true

@@ -5,6 +5,8 @@ Subcommands::
     cmat-gym list                                  registered environments
     cmat-gym play --env cmat/DB-v0 [--tasks F]     play a task yourself in the terminal
     cmat-gym eval --env cmat/DB-v0 --policy oracle run a policy, print its success rate
+    cmat-gym eval --policy smollm2 --cmat --checker rule --memory on
+                                                   a language model through the CMAT loop
 
 Bad input (an unknown env or policy, a missing file) prints a one-line message and exits with
 status 2; it never shows a traceback.
@@ -17,15 +19,18 @@ import importlib
 import json
 import os
 import re
+import sqlite3
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
 import gymnasium as gym
 
 import cmat_gym
-from cmat_gym.agents.policies import POLICIES, make_policy
-from cmat_gym.evaluation import run_episodes, summarize
+from cmat_gym import evaluation
+from cmat_gym.agents.policies import POLICIES, Policy, is_model_policy, make_policy
+from cmat_gym.cmat.memory import ReflectionStore
+from cmat_gym.evaluation import EpisodeResult, run_episodes, summarize, summarize_cmat
 
 ENV_PREFIX = "cmat/"
 DEFAULT_ENV = "cmat/DB-v0"
@@ -58,25 +63,47 @@ def add_run_args(
                             help=f"episodes to run (default: every task of --tasks, else {DEFAULT_EPISODES})")
     if policy:
         parser.add_argument("--policy", default="oracle",
-                            help=f"policy name, one of {', '.join(sorted(POLICIES))} (default oracle)")
+                            help=f"policy name, one of {', '.join(sorted(POLICIES))}, or a local model folder "
+                                 "(default oracle)")
     if json_flag:
         parser.add_argument("--json", action="store_true", help="print one JSON object to stdout instead of text")
 
 
-def make_env(args: argparse.Namespace, render_mode: str | None = None) -> gym.Env:
-    """The env the shared flags describe; bad flags raise :class:`CLIError`."""
-    env_ids = registered_env_ids()
-    if args.env not in env_ids:
-        raise CLIError(f"unknown env {args.env!r}; registered: {', '.join(env_ids)}")
+def env_kwargs(args: argparse.Namespace, render_mode: str | None = None) -> dict[str, Any]:
+    """The env kwargs the shared flags describe (``tasks``, ``split``, ``difficulty``, ...)."""
+    registered_or_fail(args.env)
     kwargs: dict[str, Any] = {"split": args.split, "difficulty": args.difficulty, "render_mode": render_mode}
     if args.tasks is not None:
         if not os.path.isfile(args.tasks):
             raise CLIError(f"task file not found: {args.tasks}")
         kwargs["tasks"] = args.tasks
-    try:
-        return gym.make(args.env, **kwargs)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CLIError(f"cannot make {args.env} from {args.tasks or 'procedural tasks'}: {exc}") from exc
+    if getattr(args, "max_rounds", None) is not None:
+        kwargs["max_rounds"] = args.max_rounds
+    return kwargs
+
+
+def make_env(args: argparse.Namespace, render_mode: str | None = None) -> gym.Env:
+    """The env the shared flags describe; bad flags raise :class:`CLIError`."""
+    return checked(args, evaluation.env_factory(args.env, **env_kwargs(args, render_mode)))()
+
+
+def checked(args: argparse.Namespace, build: Callable[[], gym.Env]) -> Callable[[], gym.Env]:
+    """``build``, with the errors of a bad task file or bad env kwargs turned into :class:`CLIError`."""
+
+    def checked_build() -> gym.Env:
+        try:
+            return build()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CLIError(f"cannot make {args.env} from {args.tasks or 'procedural tasks'}: {exc}") from exc
+
+    return checked_build
+
+
+def registered_or_fail(env_id: str) -> None:
+    """Raise :class:`CLIError` unless ``env_id`` is a registered cmat-gym env."""
+    env_ids = registered_env_ids()
+    if env_id not in env_ids:
+        raise CLIError(f"unknown env {env_id!r}; registered: {', '.join(env_ids)}")
 
 
 def registered_env_ids() -> list[str]:
@@ -191,37 +218,163 @@ def cmd_play(args: argparse.Namespace, out: TextIO, stdin: TextIO) -> int:
 
 
 # ---------------------------------------------------------------------------------- eval
-def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
-    """Run a policy for some episodes and print the success rate with its 95% interval."""
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of language-model policies (``--policy smollm2|tiny-random|<model folder>``) and batching."""
+    group = parser.add_argument_group("language-model policies")
+    group.add_argument("--adapter", default=None, metavar="PATH", help="a saved peft (LoRA) adapter to load")
+    group.add_argument("--batch-size", type=int, default=1,
+                       help="episodes played at once; the policy acts for all of them in one call (default 1)")
+    group.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per action (default 256)")
+    group.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', ...")
+    group.add_argument("--threads", type=int, default=None,
+                       help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
+
+
+def add_cmat_args(parser: argparse.ArgumentParser) -> None:
+    """Flags that run the episodes through the CMAT loop (``make_cmat``) instead of the bare env."""
+    group = parser.add_argument_group("CMAT loop (checker and reflection memory)")
+    group.add_argument("--cmat", action="store_true",
+                       help="play through the single-agent CMAT wrapper: a checker reviews every action")
+    group.add_argument("--checker", default=None, choices=("rule", "llm", "none"),
+                       help="the checker (default rule); llm: a chat model prompted as a critic")
+    group.add_argument("--checker-model", default=None, metavar="NAME",
+                       help="model of the LLM checker: smollm2, tiny-random or a folder "
+                            "(default: the policy's model, else smollm2)")
+    group.add_argument("--memory", default="off", choices=("on", "off"),
+                       help="long-term reflection memory (default off); on without --memory-path: a fresh "
+                            "in-memory store shared by the run's episodes")
+    group.add_argument("--memory-path", default=None, metavar="PATH", help="the reflection store's SQLite file")
+    group.add_argument("--memory-mode", default="rw", choices=("rw", "ro"),
+                       help="rw: write reflections after failed episodes; ro: frozen (default rw)")
+    group.add_argument("--max-rounds", type=int, default=None,
+                       help="actions per episode before truncation (default: the env's, 20 for DB-v0)")
+
+
+def build_policy(args: argparse.Namespace) -> Policy:
+    """The policy ``--policy`` names, with the model flags for language-model policies."""
+    kwargs: dict[str, Any] = {"seed": args.seed}
+    if is_model_policy(args.policy):
+        kwargs.update(adapter=args.adapter, max_new_tokens=args.max_new_tokens, max_batch=args.batch_size,
+                      device=args.device, threads=args.threads)
+    elif args.adapter is not None:
+        raise CLIError(f"--adapter needs a language-model policy, not {args.policy!r}")
     try:
-        policy = make_policy(args.policy, seed=args.seed)
-    except ValueError as exc:
+        return make_policy(args.policy, **kwargs)
+    except (ValueError, OSError) as exc:
         raise CLIError(str(exc)) from exc
+
+
+def open_memory(args: argparse.Namespace) -> ReflectionStore | None:
+    """The reflection store the memory flags describe (None for ``--memory off``)."""
+    if args.memory == "off":
+        if args.memory_path is not None:
+            raise CLIError("--memory-path needs --memory on")
+        return None
+    try:
+        return ReflectionStore(args.memory_path, mode=args.memory_mode)
+    except (OSError, ValueError, sqlite3.Error) as exc:
+        raise CLIError(f"cannot open the reflection memory: {exc}") from exc
+
+
+def checker_lm(args: argparse.Namespace, policy: Policy) -> Any:
+    """The chat model of ``--checker llm``: ``--checker-model``, else the policy's own model, else SmolLM2."""
+    from cmat_gym.agents.chat_agent import ChatAgent, make_critic_lm
+
+    model = args.checker_model
+    if model is None:
+        model = policy if isinstance(policy, ChatAgent) else "smollm2"
+    try:
+        return make_critic_lm(model, device=args.device, threads=args.threads)
+    except (ValueError, OSError) as exc:
+        raise CLIError(f"cannot load the checker model: {exc}") from exc
+
+
+def env_factory(
+    args: argparse.Namespace, policy: Policy, memory: ReflectionStore | None
+) -> tuple[Callable[[], gym.Env], gym.Env]:
+    """A factory of the envs the flags describe (bare or CMAT), and the first env it will return
+    (built now, so that bad flags fail before any episode runs)."""
+    kwargs = env_kwargs(args)
+    if args.cmat:
+        checker = args.checker or "rule"
+        lm = checker_lm(args, policy) if checker == "llm" else None
+        build = evaluation.env_factory(args.env, cmat=True, checker=checker, checker_policy=lm, memory=memory, **kwargs)
+    elif args.checker is not None or args.memory != "off" or args.checker_model is not None:
+        raise CLIError("--checker, --checker-model and --memory need --cmat")
+    else:
+        build = evaluation.env_factory(args.env, **kwargs)
+    build = checked(args, build)
+    spare = [build()]
+    return (lambda: spare.pop() if spare else build()), spare[0]
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """Reject ``--episodes`` and ``--batch-size`` below 1 (before any model loads)."""
     if args.episodes is not None and args.episodes < 1:
         raise CLIError(f"--episodes must be at least 1, got {args.episodes}")
-    env = make_env(args)
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
+
+
+def run_policy(
+    args: argparse.Namespace, policy: Policy, memory: ReflectionStore | None = None, *, progress: bool = True
+) -> list[EpisodeResult]:
+    """Play the episodes the flags describe with ``policy`` (a task file's tasks in order)."""
+    factory, first = env_factory(args, policy, memory)
+    num_tasks = getattr(first.unwrapped, "domain_env", first.unwrapped).num_tasks  # CMATEnv: its domain env's
+    episodes = args.episodes if args.episodes is not None else (num_tasks or DEFAULT_EPISODES)
+    task_indices = [i % num_tasks for i in range(episodes)] if num_tasks is not None else None
+    return run_episodes(factory, policy, episodes, args.seed, task_indices=task_indices, progress=progress,
+                        batch_size=args.batch_size)
+
+
+def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
+    """Run a policy for some episodes and print the success rate with its 95% interval."""
+    check_counts(args)
+    policy = build_policy(args)
+    memory = open_memory(args) if args.cmat else None
     try:
-        num_tasks = env.unwrapped.num_tasks
-        task_indices = None
-        episodes = args.episodes if args.episodes is not None else (num_tasks or DEFAULT_EPISODES)
-        if num_tasks is not None:
-            task_indices = [i % num_tasks for i in range(episodes)]  # the file's tasks in order
-        results = run_episodes(env, policy, episodes, args.seed, task_indices=task_indices)
+        results = run_policy(args, policy, memory)
+        summary = summarize(results)
+        cmat = None
+        if args.cmat:
+            cmat = {"checker": args.checker or "rule", **summarize_cmat(results),
+                    "memory": memory.describe() if memory is not None else "reflection memory: off"}
     finally:
-        env.close()
-    summary = summarize(results)
+        if memory is not None:
+            memory.close()
     if args.json:
         report = {"env": args.env, "policy": args.policy, "tasks": args.tasks or "procedural", **summary,
                   "results": [{"task_id": r.task_id, "success": r.success, "score": r.score, "steps": r.steps}
                               for r in results]}
+        if cmat is not None:
+            report["cmat"] = cmat
         out.write(json.dumps(report) + "\n")
-    else:
-        low, high = summary["ci95"]
-        source = args.tasks or f"procedural (split={args.split}, difficulty={args.difficulty or 'mixed'})"
-        out.write(f"{args.env} | policy {args.policy} | tasks {source}\n"
-                  f"success rate {summary['success_rate']:.3f} ({summary['successes']}/{summary['episodes']}), "
-                  f"95% CI [{low:.3f}, {high:.3f}]; mean steps {summary['mean_steps']:.1f}\n")
+        return 0
+    source = args.tasks or f"procedural (split={args.split}, difficulty={args.difficulty or 'mixed'})"
+    loop = f" | CMAT loop, {cmat['checker']} checker" if cmat is not None else ""
+    out.write(format_report(f"{args.env} | policy {args.policy} | tasks {source}{loop}", summary, cmat))
     return 0
+
+
+def format_report(header: str, summary: dict[str, Any], cmat: dict[str, Any] | None = None) -> str:
+    """The text report of a run: ``header``, the success rate line, and the CMAT lines when given."""
+    low, high = summary["ci95"]
+    text = (f"{header}\n"
+            f"success rate {summary['success_rate']:.3f} ({summary['successes']}/{summary['episodes']}), "
+            f"95% CI [{low:.3f}, {high:.3f}]; mean steps {summary['mean_steps']:.1f}; "
+            f"format errors {summary['format_error_rate']:.1%} of steps\n")
+    if cmat is not None:
+        text += (f"checker: {cmat['mean_rejected_actions']:.2f} rejected actions per episode; "
+                 f"precision {_fraction(cmat['checker_precision'])}, recall {_fraction(cmat['checker_recall'])} "
+                 f"(all episodes, against hindsight); reflections used {cmat['reflections_used']} "
+                 f"(in {cmat['episodes_with_reflections']} episodes), written {cmat['reflections_written']}\n"
+                 f"{cmat['memory']}\n")
+    return text
+
+
+def _fraction(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 # ---------------------------------------------------------------------------------- main
@@ -237,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the task: its index in --tasks, or the procedural generator seed")
     evaluate = sub.add_parser("eval", help="run a policy and report its success rate")
     add_run_args(evaluate)
+    add_model_args(evaluate)
+    add_cmat_args(evaluate)
     return parser
 
 

@@ -1,15 +1,20 @@
 """Running a policy for a number of episodes, and summarising the outcome with a confidence interval.
 
 Used by ``cmat-gym eval``, the demo and the benchmarks, so that every success rate the project
-reports comes from the same loop: episode ``i`` starts with ``env.reset(seed=seed + i)``, so a run
-is reproducible from its seed.
+reports comes from the same loop: episode ``i`` starts with ``env.reset(seed=seed + i)`` (and task
+``task_indices[i]`` when given), so a run is reproducible from its seed.
+
+:func:`run_episodes` plays episodes one after the other (``batch_size=1``) or with continuous
+batching: up to ``batch_size`` envs each play their own episode, every tick the policy acts for
+all of them in one batched call (a language model then generates every pending action at once),
+and a slot whose episode ends starts the next episode at once.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,6 +22,8 @@ import gymnasium as gym
 from tqdm import tqdm
 
 from cmat_gym.agents.policies import Policy
+
+EnvFactory = Callable[[], gym.Env]
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,10 @@ class EpisodeResult:
         steps: actions taken (``env.step`` calls).
         dense_score: the domain's graded score (shaping information, not the reward).
         truncated: whether the episode hit the step limit instead of ending on a final answer.
+        format_errors: steps whose action did not parse in the domain's grammar (see
+            :func:`is_format_error`).
+        cmat: the CMAT loop's ``episode_metrics`` (rejections, checker precision/recall,
+            reflections, ...) when the env is the CMAT wrapper, else None.
     """
 
     task_id: str
@@ -38,55 +49,162 @@ class EpisodeResult:
     steps: int
     dense_score: float = 0.0
     truncated: bool = False
+    format_errors: int = 0
+    cmat: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The result as a JSON-ready dict."""
         return asdict(self)
 
 
+def is_format_error(info: dict[str, Any]) -> bool:
+    """Whether a step's action failed to parse: the env says ``error="parse_error"``, or (CMAT loop)
+    the checker rejected an action that has no parse (``error="rejected"``, ``parsed_action`` None)."""
+    error = info.get("error")
+    return error == "parse_error" or (error == "rejected" and info.get("parsed_action") is None)
+
+
+@dataclass
+class _Episode:
+    """An episode in progress in one slot."""
+
+    index: int
+    observation: str
+    task: Any
+    steps: int = 0
+    format_errors: int = 0
+
+
 def run_episodes(
-    env: gym.Env,
+    env: gym.Env | EnvFactory,
     policy: Policy,
     episodes: int,
     seed: int,
     task_indices: Sequence[int] | None = None,
     progress: bool = True,
+    batch_size: int = 1,
+    on_episode_end: Callable[[EpisodeResult, gym.Env], None] | None = None,
 ) -> list[EpisodeResult]:
-    """Play ``episodes`` episodes of ``env`` with ``policy`` (one slot), one after the other.
+    """Play ``episodes`` episodes of ``env`` with ``policy``; the results in episode order.
 
     Episode ``i`` starts with ``env.reset(seed=seed + i)`` (plus ``options={"task_index":
-    task_indices[i]}`` when indices are given) and ``policy.reset()``. The policy is shown the
-    task (``env.unwrapped.task``) as privileged information, which only the oracle reads.
+    task_indices[i]}`` when indices are given) in some slot ``s``, and ``policy.reset(slots=[s])``.
+    The policy is shown each slot's task (``env.unwrapped.task``) as privileged information, which
+    only the oracle reads.
+
+    With ``batch_size > 1`` up to that many envs (built by the factory ``env``) play at once: each
+    tick, ``policy.act(observations, tasks)`` is called ONCE for every active slot, then each env
+    steps; a finished slot starts the next episode right away (continuous batching). When fewer
+    slots than ``batch_size`` are active (the last episodes), the call passes ``slots=[...]``, the
+    slot of each observation, so policies keep per-slot state straight. Which episode lands in
+    which slot, and so each episode's result, does not depend on timing: the run is reproducible.
+    Results equal the sequential ones for policies whose actions depend only on their slot's
+    episode (the oracle; a greedy language model up to float rounding of padded batches); envs that
+    share state across episodes (a read-write reflection memory) see episodes finish in another order.
 
     Args:
-        env: a cmat-gym environment (wrapped or not).
+        env: a cmat-gym environment (wrapped or not; used as is, not closed), or a factory building
+            one (its envs are closed at the end). ``batch_size > 1`` needs a factory.
         policy: any :class:`~cmat_gym.agents.policies.Policy`.
         episodes: how many episodes to play.
         seed: the seed of episode 0.
         task_indices: the task of each episode, for envs that loaded a task file; its length must
             equal ``episodes``.
         progress: show a tqdm progress bar on stderr.
+        batch_size: envs playing at once.
+        on_episode_end: called with each result and its env right after the episode ends (before
+            the slot's env starts another one), e.g. to ``render()`` a transcript.
     """
     if episodes < 0:
         raise ValueError(f"Expects episodes >= 0, actual {episodes}")
+    if batch_size < 1:
+        raise ValueError(f"Expects batch_size >= 1, actual {batch_size}")
     if task_indices is not None and len(task_indices) != episodes:
         raise ValueError(f"Expects one task index per episode ({episodes}), actual {len(task_indices)}")
-    results = []
-    for i in tqdm(range(episodes), desc="episodes", unit="ep", file=sys.stderr, disable=not progress):
+    factory = None if isinstance(env, gym.Env) else env
+    if factory is None and batch_size > 1:
+        raise ValueError("Expects an env factory (a callable returning an env) for batch_size > 1, actual an env")
+    n_slots = max(1, min(batch_size, episodes))
+    envs: list[gym.Env] = [env] if factory is None else []  # type: ignore[list-item]
+    results: list[EpisodeResult | None] = [None] * episodes
+    running: list[_Episode | None] = [None] * n_slots
+    next_episode = 0
+
+    def start(slot: int) -> None:
+        nonlocal next_episode
+        if next_episode >= episodes:
+            running[slot] = None
+            return
+        i, next_episode = next_episode, next_episode + 1
+        slot_env = envs[slot]
         options = {"task_index": int(task_indices[i])} if task_indices is not None else None
-        observation, info = env.reset(seed=seed + i, options=options)
-        policy.reset()
-        task = env.unwrapped.task
-        steps, terminated, truncated = 0, False, False
-        while not (terminated or truncated):
-            action = policy.act([observation], [task])[0]
-            observation, _, terminated, truncated, info = env.step(action)
-            steps += 1
-        results.append(EpisodeResult(
-            task_id=task.task_id, success=bool(info.get("success", False)), score=float(info.get("score", 0.0)),
-            steps=steps, dense_score=float(info.get("dense_score", 0.0)), truncated=bool(truncated and not terminated),
-        ))
-    return results
+        observation, _ = slot_env.reset(seed=seed + i, options=options)
+        policy.reset(slots=[slot])
+        running[slot] = _Episode(i, observation, slot_env.unwrapped.task)
+
+    bar = tqdm(total=episodes, desc="episodes", unit="ep", file=sys.stderr, disable=not progress)
+    try:
+        while len(envs) < n_slots:
+            envs.append(factory())  # type: ignore[misc]
+        for slot in range(n_slots):
+            start(slot)
+        while True:
+            active = [slot for slot in range(n_slots) if running[slot] is not None]
+            if not active:
+                break
+            observations = [running[s].observation for s in active]  # type: ignore[union-attr]
+            tasks = [running[s].task for s in active]  # type: ignore[union-attr]
+            if active == list(range(len(active))):
+                actions = policy.act(observations, tasks)
+            else:
+                actions = policy.act(observations, tasks, slots=active)  # type: ignore[call-arg]
+            for slot, action in zip(active, actions, strict=True):
+                episode = running[slot]
+                assert episode is not None
+                episode.observation, _, terminated, truncated, info = envs[slot].step(action)
+                episode.steps += 1
+                episode.format_errors += is_format_error(info)
+                if terminated or truncated:
+                    result = _result(episode, info, bool(truncated and not terminated))
+                    results[episode.index] = result
+                    if on_episode_end is not None:
+                        on_episode_end(result, envs[slot])
+                    bar.update(1)
+                    start(slot)
+    finally:
+        bar.close()
+        if factory is not None:
+            for slot_env in envs:
+                slot_env.close()
+    return results  # type: ignore[return-value]
+
+
+def _result(episode: _Episode, info: dict[str, Any], truncated: bool) -> EpisodeResult:
+    metrics = info.get("episode_metrics")
+    return EpisodeResult(
+        task_id=episode.task.task_id, success=bool(info.get("success", False)), score=float(info.get("score", 0.0)),
+        steps=episode.steps, dense_score=float(info.get("dense_score", 0.0)), truncated=truncated,
+        format_errors=episode.format_errors, cmat=dict(metrics) if metrics is not None else None,
+    )
+
+
+def env_factory(
+    env_id: str = "cmat/DB-v0",
+    *,
+    cmat: bool = False,
+    checker: str = "rule",
+    checker_policy: Any = None,
+    memory: Any = None,
+    **env_kwargs: Any,
+) -> EnvFactory:
+    """A factory of envs for :func:`run_episodes`: ``gym.make(env_id, **env_kwargs)``, or with ``cmat``
+    the single-agent CMAT loop around it (:func:`~cmat_gym.cmat.wrapper.make_cmat` with ``checker``,
+    ``checker_policy`` for ``checker="llm"``, and ``memory``, a ReflectionStore shared by every env)."""
+    if not cmat:
+        return lambda: gym.make(env_id, **env_kwargs)
+    from cmat_gym.cmat.wrapper import make_cmat
+
+    return lambda: make_cmat(env_id, checker=checker, checker_policy=checker_policy, memory=memory, **env_kwargs)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -109,9 +227,11 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
-    """Episodes, successes, success rate with its 95% Wilson interval, and mean score and steps."""
+    """Episodes, successes, success rate with its 95% Wilson interval, mean score and steps, and
+    format errors (the fraction of steps whose action did not parse, and of episodes with at least one)."""
     n = len(results)
     successes = sum(r.success for r in results)
+    steps = sum(r.steps for r in results)
     low, high = wilson_interval(successes, n)
     return {
         "episodes": n,
@@ -119,5 +239,37 @@ def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
         "success_rate": successes / n if n else 0.0,
         "ci95": [low, high],
         "mean_score": sum(r.score for r in results) / n if n else 0.0,
-        "mean_steps": sum(r.steps for r in results) / n if n else 0.0,
+        "mean_steps": steps / n if n else 0.0,
+        "format_error_rate": sum(r.format_errors for r in results) / steps if steps else 0.0,
+        "episodes_with_format_error": sum(r.format_errors > 0 for r in results) / n if n else 0.0,
+    }
+
+
+def summarize_cmat(results: Sequence[EpisodeResult]) -> dict[str, Any]:
+    """The CMAT loop's numbers over a run (episodes played through the CMAT wrapper).
+
+    Checker precision and recall are aggregated over all reviewed actions of the run, against
+    hindsight (a positive is a rejection of an action that hindsight calls bad): precision = bad
+    rejected / rejected, recall = bad rejected / bad; None when the denominator is 0.
+    """
+    metrics = [r.cmat for r in results if r.cmat is not None]
+    if len(metrics) != len(results):
+        raise ValueError("Expects every episode to come from the CMAT wrapper (EpisodeResult.cmat set)")
+    n = len(metrics)
+    rejected = sum(m["rejected_actions"] for m in metrics)
+    bad = sum(m["bad_actions"] for m in metrics)
+    # episode_metrics gives precision = caught / rejected; recover the count (an exact integer).
+    caught = sum(round(m["checker_precision"] * m["rejected_actions"]) for m in metrics if m["rejected_actions"])
+    return {
+        "reviewed_actions": sum(m["reviewed_actions"] for m in metrics),
+        "rejected_actions": rejected,
+        "mean_rejected_actions": rejected / n if n else 0.0,
+        "bad_actions": bad,
+        "bad_rejected": caught,
+        "checker_precision": caught / rejected if rejected else None,
+        "checker_recall": caught / bad if bad else None,
+        "reflections_used": sum(m["reflections_used"] for m in metrics),
+        "episodes_with_reflections": sum(m["reflections_used"] > 0 for m in metrics),
+        "reflections_written": sum(bool(m["reflection_written"]) for m in metrics),
+        "questions": sum(m["questions"] for m in metrics),
     }

@@ -179,3 +179,89 @@ def test_as_operation_wraps_only_plain_text() -> None:
                  "```sql\nSELECT 1\n```"):
         assert cli.as_operation(text, env) == text
     env.close()
+
+
+# ---------------------------------------------------------------------------------- language models, CMAT
+FAST_LM = ("--max-new-tokens", "8", "--max-rounds", "2", "--threads", "1", "--device", "cpu")
+
+
+def test_eval_tiny_random_language_model_json(capsys) -> None:
+    status, out, _ = run_cli(capsys, "eval", "--policy", "tiny-random", "--episodes", "2", "--json",
+                             "--batch-size", "2", *FAST_LM)
+    assert status == 0
+    report = json.loads(out)
+    check_report(report, "cmat/DB-v0", "tiny-random", 2)
+    assert report["format_error_rate"] == 1.0  # random weights never write a parsable action
+    assert "cmat" not in report
+
+
+def test_eval_batch_size_gives_the_sequential_report(capsys) -> None:
+    reports = [json.loads(run_cli(capsys, "eval", "--policy", "oracle", "--episodes", "6", "--json", "--split", "test",
+                                  "--batch-size", batch)[1]) for batch in ("1", "4")]
+    assert reports[0] == reports[1]
+
+
+def test_eval_cmat_json_reports_checker_and_memory(capsys) -> None:
+    status, out, _ = run_cli(capsys, "eval", "--policy", "random", "--episodes", "12", "--json", "--cmat",
+                             "--checker", "rule", "--memory", "on", "--seed", "1")
+    assert status == 0
+    report = json.loads(out)
+    check_report(report, "cmat/DB-v0", "random", 12)
+    cmat = report["cmat"]
+    assert cmat["checker"] == "rule"
+    assert {"mean_rejected_actions", "checker_precision", "checker_recall", "reflections_used", "memory"} <= set(cmat)
+    assert cmat["rejected_actions"] > 0 and 0.0 <= cmat["checker_precision"] <= 1.0
+    assert cmat["mean_rejected_actions"] == pytest.approx(cmat["rejected_actions"] / 12)
+    # every episode failed, so each wrote a reflection into the fresh store, and later ones used them
+    assert cmat["reflections_written"] == 12 and cmat["reflections_used"] > 0
+    assert cmat["memory"].startswith("reflection memory: read-write in-memory")
+
+
+def test_eval_cmat_text_and_a_frozen_memory_file(capsys, tmp_path) -> None:
+    path = tmp_path / "reflections.sqlite"
+    status, out, _ = run_cli(capsys, "eval", "--policy", "random", "--episodes", "3", "--cmat", "--memory", "on",
+                             "--memory-path", str(path))
+    assert status == 0 and "CMAT loop, rule checker" in out and "rejected actions per episode" in out
+    assert f"read-write {path}, 3 reflections" in out
+    status, out, _ = run_cli(capsys, "eval", "--policy", "random", "--episodes", "3", "--cmat", "--memory", "on",
+                             "--memory-path", str(path), "--memory-mode", "ro", "--json")
+    assert status == 0
+    cmat = json.loads(out)["cmat"]
+    assert cmat["memory"].startswith("reflection memory: frozen (read-only)") and "3 reflections" in cmat["memory"]
+    assert cmat["reflections_written"] == 0 and cmat["reflections_used"] > 0
+
+
+def test_eval_cmat_llm_checker(capsys) -> None:
+    status, out, _ = run_cli(capsys, "eval", "--policy", "oracle", "--episodes", "1", "--json", "--cmat",
+                             "--checker", "llm", "--checker-model", "tiny-random", *FAST_LM)
+    assert status == 0
+    report = json.loads(out)
+    assert report["cmat"]["checker"] == "llm" and report["cmat"]["reviewed_actions"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["eval", "--memory", "on"], "need --cmat"),
+        (["eval", "--checker", "rule"], "need --cmat"),
+        (["eval", "--cmat", "--memory-path", "x.sqlite"], "needs --memory on"),
+        (["eval", "--cmat", "--memory", "on", "--memory-mode", "ro", "--memory-path", "/no/such.sqlite"],
+         "reflection memory"),
+        (["eval", "--policy", "oracle", "--adapter", "/tmp"], "language-model policy"),
+        (["eval", "--batch-size", "0"], "at least 1"),
+        (["eval", "--cmat", "--tasks", "/no/such/file.jsonl"], "not found"),
+    ],
+)
+def test_bad_model_and_cmat_flags_are_messages(capsys, argv: list[str], message: str) -> None:
+    status, _, err = run_cli(capsys, *argv)
+    assert status == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_eval_smollm2_plays_an_episode(capsys) -> None:
+    status, out, _ = run_cli(capsys, "eval", "--policy", "smollm2", "--episodes", "1", "--json", "--split", "test",
+                             "--max-new-tokens", "64", "--max-rounds", "2", "--threads", "1")
+    assert status == 0
+    report = json.loads(out)
+    check_report(report, "cmat/DB-v0", "smollm2", 1)
+    assert 1 <= report["results"][0]["steps"] <= 2

@@ -7,7 +7,15 @@ import pytest
 
 import cmat_gym  # noqa: F401
 from cmat_gym.agents import OraclePolicy, RandomPolicy
-from cmat_gym.evaluation import EpisodeResult, run_episodes, summarize, wilson_interval
+from cmat_gym.evaluation import (
+    EpisodeResult,
+    env_factory,
+    is_format_error,
+    run_episodes,
+    summarize,
+    summarize_cmat,
+    wilson_interval,
+)
 
 
 @pytest.mark.parametrize(
@@ -59,3 +67,131 @@ def test_run_episodes_checks_task_indices() -> None:
     with pytest.raises(ValueError, match="one task index per episode"):
         run_episodes(env, OraclePolicy(), 2, seed=0, task_indices=[0])
     env.close()
+
+
+# ------------------------------------------------------------------------------ batched runner
+def db_factory(built: list | None = None, **kwargs):
+    def make():
+        env = gym.make("cmat/DB-v0", **kwargs)
+        if built is not None:
+            built.append(env)
+        return env
+    return make
+
+
+@pytest.mark.parametrize("kwargs", [{"split": "test"}, {"tasks": "agentbench"}])
+def test_batched_runner_equals_sequential_for_the_oracle(kwargs, request) -> None:
+    task_indices = None
+    if "tasks" in kwargs:
+        path = request.getfixturevalue("agentbench_db_path")
+        kwargs = {"tasks": str(path)}
+        task_indices = [i * 3 % 60 for i in range(13)]  # mixed kinds, mutations included
+    env = gym.make("cmat/DB-v0", **kwargs)
+    sequential = run_episodes(env, OraclePolicy(), 13, seed=5, task_indices=task_indices, progress=False)
+    env.close()
+    for batch_size in (1, 4):
+        batched = run_episodes(db_factory(**kwargs), OraclePolicy(), 13, seed=5, task_indices=task_indices,
+                               progress=False, batch_size=batch_size)
+        assert batched == sequential
+    assert all(r.success for r in sequential)
+    assert len({r.task_id for r in sequential}) == 13
+
+
+class RecordingPolicy:
+    """Answers (wrongly) after one action, or after three in slot 1; records every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, list[int] | None]] = []
+        self.resets: list[list[int] | None] = []
+        self.counts: dict[int, int] = {}
+
+    def act(self, observations, tasks=None, slots=None):
+        self.calls.append((len(observations), None if slots is None else list(slots)))
+        actions = []
+        for slot in (slots if slots is not None else range(len(observations))):
+            self.counts[slot] = self.counts.get(slot, 0) + 1
+            done = self.counts[slot] >= (3 if slot == 1 else 1)
+            actions.append('Action: Answer\nFinal Answer: ["x"]' if done else "SELECT 1")
+        return actions
+
+    def reset(self, slots=None):
+        self.resets.append(None if slots is None else list(slots))
+        for slot in slots or list(self.counts):
+            self.counts.pop(slot, None)
+
+
+def test_batched_runner_refills_slots_and_calls_the_policy_once_per_tick() -> None:
+    built: list = []
+    policy = RecordingPolicy()
+    results = run_episodes(db_factory(built, split="test"), policy, 4, seed=0, progress=False, batch_size=3)
+    assert len(built) == 3  # one env per slot, reused for the following episodes
+    assert all(env.unwrapped._closed for env in built)  # the runner built them, so it closes them
+    # tick 1: slots 0, 1, 2 (episodes 0-2); slot 0 ends and takes episode 3, slot 2 ends and idles;
+    # tick 2: slots 0 and 1; tick 3: slot 1 alone, named in the call since slot 0 idles.
+    assert policy.calls == [(3, None), (2, None), (1, [1])]
+    assert policy.resets == [[0], [1], [2], [0]]
+    assert [r.steps for r in results] == [1, 3, 1, 1]  # in episode order, whatever the slot
+    ids = [r.task_id for r in run_episodes(gym.make("cmat/DB-v0", split="test"), OraclePolicy(), 4, 0, progress=False)]
+    assert [r.task_id for r in results] == ids  # episode i is task i whatever the batch
+
+
+def test_batched_runner_needs_a_factory_and_calls_back() -> None:
+    env = gym.make("cmat/DB-v0")
+    with pytest.raises(ValueError, match="factory"):
+        run_episodes(env, OraclePolicy(), 2, seed=0, batch_size=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        run_episodes(env, OraclePolicy(), 2, seed=0, batch_size=0)
+    seen = []
+    run_episodes(env, OraclePolicy(), 2, seed=0, progress=False, on_episode_end=lambda r, e: seen.append((r, e)))
+    assert [e for _, e in seen] == [env, env] and all(r.success for r, _ in seen)
+    assert not env.unwrapped._closed  # an env passed in is the caller's
+    env.close()
+
+
+def test_format_errors_are_counted() -> None:
+    assert is_format_error({"error": "parse_error"})
+    assert is_format_error({"error": "rejected", "parsed_action": None})
+    assert not is_format_error({"error": "rejected", "parsed_action": {"kind": "operation"}})
+    assert not is_format_error({"error": None})
+
+    class Junk:
+        def act(self, observations, tasks=None, slots=None):
+            return ["Action: Dance"] * len(observations)
+
+        def reset(self, slots=None):
+            pass
+
+    results = run_episodes(gym.make("cmat/DB-v0", max_rounds=3), Junk(), 2, seed=0, progress=False)
+    assert [r.format_errors for r in results] == [3, 3]
+    summary = summarize(results)
+    assert summary["format_error_rate"] == 1.0 and summary["episodes_with_format_error"] == 1.0
+    cmat = run_episodes(env_factory("cmat/DB-v0", cmat=True, checker="rule", max_rounds=3), Junk(), 1, seed=0,
+                        progress=False)
+    assert cmat[0].format_errors == 3 and cmat[0].cmat["rejected_actions"] == 3
+
+
+def test_summarize_cmat_aggregates_over_episodes() -> None:
+    def metrics(rejected: int, bad: int, caught: int, reflections: int) -> dict:
+        return {"reviewed_actions": 5, "rejected_actions": rejected, "bad_actions": bad,
+                "checker_precision": caught / rejected if rejected else None,
+                "checker_recall": caught / bad if bad else None, "reflections_used": reflections,
+                "reflection_written": not caught, "questions": 0}
+
+    results = [EpisodeResult("a", False, 0.0, 5, cmat=metrics(2, 3, 1, 0)),
+               EpisodeResult("b", True, 1.0, 5, cmat=metrics(1, 1, 1, 2)),
+               EpisodeResult("c", True, 1.0, 5, cmat=metrics(0, 2, 0, 1))]
+    summary = summarize_cmat(results)
+    assert summary["rejected_actions"] == 3 and summary["mean_rejected_actions"] == 1.0
+    assert summary["checker_precision"] == pytest.approx(2 / 3)  # pooled, not the mean of per-episode values
+    assert summary["checker_recall"] == pytest.approx(2 / 6)
+    assert summary["reflections_used"] == 3 and summary["episodes_with_reflections"] == 2
+    assert summary["reflections_written"] == 1
+    with pytest.raises(ValueError, match="CMAT"):
+        summarize_cmat([EpisodeResult("d", True, 1.0, 1)])
+
+
+def test_cmat_episodes_carry_the_loop_metrics() -> None:
+    results = run_episodes(env_factory("cmat/DB-v0", cmat=True, checker="rule", split="test"), OraclePolicy(), 4,
+                           seed=0, progress=False, batch_size=2)
+    assert all(r.success and r.cmat is not None and r.cmat["rejected_actions"] == 0 for r in results)
+    assert summarize_cmat(results)["checker_precision"] is None  # nothing rejected: undefined

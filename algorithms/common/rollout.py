@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from cmat_gym.agents.prompts import assistant_system_prompt  # re-exported (one prompt, one place)
+
 __all__ = [
     "ChatFragments",
     "Episode",
@@ -51,15 +53,6 @@ _ASSISTANT_MARK = "@@CMAT_ASSISTANT@@"
 # GenerateFn(prompts, max_new_tokens, temperature, seed) -> one result per prompt, each with
 # ``completion_ids``, ``logprobs`` (of the sampling distribution) and ``finish_reason`` ("stop" | "length").
 GenerateFn = Callable[[list[list[int]], int, float, int | None], list[Any]]
-
-
-def assistant_system_prompt(grammar: Any) -> str:
-    """The Assistant's system prompt: the role and the domain's action grammar (``Grammar.help()``)."""
-    return (
-        "You are the Assistant. You solve the user's task by acting in an environment, one action per "
-        "reply; you see the result of each action before the next. A checker reviews every action "
-        "before it runs and may reject it with feedback.\n" + grammar.help()
-    )
 
 
 class ChatFragments:

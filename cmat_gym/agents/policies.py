@@ -17,6 +17,7 @@ import json
 import random
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from cmat_gym.core.task import Task
@@ -27,11 +28,14 @@ from cmat_gym.domains import domain_env_class
 class Policy(Protocol):
     """The policy contract: batched ``act`` and per-slot ``reset``."""
 
-    def act(self, observations: list[str], tasks: list[Task] | None = None) -> list[str]:
+    def act(
+        self, observations: list[str], tasks: list[Task] | None = None, slots: Sequence[int] | None = None
+    ) -> list[str]:
         """One action per observation (slot), in order.
 
         ``tasks`` is privileged information (the gold data of each slot's task): only the oracle
-        reads it; every other policy ignores it.
+        reads it; every other policy ignores it. ``slots`` names the slot of each observation
+        (default ``0 .. n-1``); a batched runner passes it when some slots sit idle.
         """
         ...
 
@@ -55,14 +59,16 @@ class OraclePolicy:
         self._scripts: dict[int, tuple[str, list[str]]] = {}  # slot -> (task_id, actions)
         self._positions: dict[int, int] = {}
 
-    def act(self, observations: list[str], tasks: list[Task] | None = None) -> list[str]:
+    def act(
+        self, observations: list[str], tasks: list[Task] | None = None, slots: Sequence[int] | None = None
+    ) -> list[str]:
         """The next gold action of each slot's task."""
         if tasks is None:
             raise ValueError("OraclePolicy needs the tasks: call act(observations, tasks) with one Task per slot")
         if len(tasks) != len(observations):
             raise ValueError(f"Expects one task per observation ({len(observations)}), actual {len(tasks)} tasks")
         actions = []
-        for slot, task in enumerate(tasks):
+        for slot, task in zip(resolve_slots(slots, len(observations)), tasks, strict=True):
             script = self._scripts.get(slot)
             if script is None or script[0] != task.task_id or self._positions[slot] >= len(script[1]):
                 script = (task.task_id, domain_env_class(task.domain).oracle_actions(task))
@@ -121,9 +127,12 @@ class RandomPolicy:
         self._tables: dict[int, list[tuple[str, list[str]]]] = {}
         self._words: dict[int, list[str]] = {}
 
-    def act(self, observations: list[str], tasks: list[Task] | None = None) -> list[str]:
+    def act(
+        self, observations: list[str], tasks: list[Task] | None = None, slots: Sequence[int] | None = None
+    ) -> list[str]:
         """One random action per slot (``tasks`` is ignored: this policy sees only observations)."""
-        return [self._act_slot(slot, obs) for slot, obs in enumerate(observations)]
+        return [self._act_slot(slot, obs)
+                for slot, obs in zip(resolve_slots(slots, len(observations)), observations, strict=True)]
 
     def reset(self, slots: Sequence[int] | None = None) -> None:
         """Forget what ``slots`` (all when None) saw; their next episode draws from a fresh stream."""
@@ -179,6 +188,15 @@ class RandomPolicy:
         return json.dumps({"tool": "execute_sql", "args": {"sql": sql}})
 
 
+def resolve_slots(slots: Sequence[int] | None, n: int) -> list[int]:
+    """The slot of each of ``n`` observations: ``slots``, or ``0 .. n-1`` when None."""
+    if slots is None:
+        return list(range(n))
+    if len(slots) != n:
+        raise ValueError(f"Expects one slot per observation ({n}), actual {len(slots)}")
+    return list(slots)
+
+
 def _find_tables(observation: str) -> list[tuple[str, list[str]]]:
     """(table, columns) pairs named in a DB observation; empty when none is recognised."""
     for pattern in _TABLE_PATTERNS:
@@ -208,18 +226,34 @@ def _quote(name: str) -> str:
 POLICIES: dict[str, str] = {
     "oracle": "cmat_gym.agents.policies:OraclePolicy",
     "random": "cmat_gym.agents.policies:RandomPolicy",
+    "smollm2": "cmat_gym.agents.chat_agent:smollm2",
+    "tiny-random": "cmat_gym.agents.chat_agent:tiny_random",
 }
+# The language-model policies among them (a local model folder is one too): they take model options
+# (adapter, max_new_tokens, max_batch, device, ...; see cmat_gym.agents.chat_agent.make_chat_agent).
+MODEL_POLICIES = frozenset({"smollm2", "tiny-random"})
+_MODEL_FOLDER_FACTORY = "cmat_gym.agents.chat_agent:make_chat_agent"
+
+
+def is_model_policy(name: str) -> bool:
+    """Whether ``name`` makes a language-model policy: a registered one, or a local model folder."""
+    return name in MODEL_POLICIES or (name not in POLICIES and Path(name).expanduser().is_dir())
 
 
 def make_policy(name: str, **kwargs: Any) -> Policy:
     """Build the policy registered as ``name`` in :data:`POLICIES`, passing ``kwargs`` to its factory.
 
+    A ``name`` that is a local folder holding a HF causal LM builds a
+    :class:`~cmat_gym.agents.chat_agent.ChatAgent` over it.
+
     Raises:
-        ValueError: for a name that is not registered (the message lists the known ones).
+        ValueError: for a name that is neither registered nor a folder (the message lists the known ones).
     """
     target = POLICIES.get(name)
+    if target is None and is_model_policy(name):
+        target, kwargs = _MODEL_FOLDER_FACTORY, {"model": name, **kwargs}
     if target is None:
-        raise ValueError(f"Expects a policy in {sorted(POLICIES)}, actual {name!r}")
+        raise ValueError(f"Expects a policy in {sorted(POLICIES)} or a model folder, actual {name!r}")
     module_name, _, attribute = target.partition(":")
     factory: Callable[..., Policy] = getattr(importlib.import_module(module_name), attribute)
     return factory(**kwargs)

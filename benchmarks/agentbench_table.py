@@ -1,0 +1,300 @@
+"""Task success in the layout of AgentBench's table: rows = agents, columns = task sources + overall.
+
+    python benchmarks/agentbench_table.py --policy oracle random smollm2 --envs DB --episodes 30 \\
+        [--dbbench PATH] [--dbbench-tasks K] [--max-rounds R] [--adapter PATH] [--ablations [VARIANT ...]] \\
+        [--batch-size B] [--max-new-tokens M] [--threads T] [--json PATH]
+
+Sources of the DB domain:
+
+* **DB-v0 test**: ``--episodes`` procedural tasks of the held-out test split, difficulty mixed
+  (episode i resets with ``seed + i``);
+* **dbbench dev**: the AgentBench dbbench dev file (``../shared/agentbench/dbbench/dev.jsonl`` next
+  to the repository, or ``--dbbench PATH``; skipped with a message when absent), all 60 tasks, or an
+  evenly spaced subset of ``--dbbench-tasks K`` (the file is sorted by task type, so every type stays).
+
+Each cell is the success rate with its 95% Wilson interval; **overall** pools the episodes of all
+sources. **DB headline** is AgentBench's own DB metric on the dbbench file (``overall_cat_accuracy``:
+the mean of the SELECT, INSERT and UPDATE accuracies, SELECT being every non-mutation kind; a kind
+absent from the tasks counts 0, as in AgentBench). **format errors**: the fraction of steps whose
+action did not parse, and of episodes with at least one such step.
+
+``--ablations`` adds the CMAT variants of each agent side by side: the loop with no checker, with
+the rule checker, with an LLM checker (``--checker-model``, default the agent's own model, else
+SmolLM2), and with the rule checker plus reflection memory (a fresh in-memory store in read-write
+mode, shared by the episodes of one source; its final state is printed); ``--ablations rule``
+adds only the named ones. Every row prints its wall time and episodes/s (and generated tokens/s).
+
+``--policy smollm2`` runs the real SmolLM2-135M-Instruct (greedy, ``--max-new-tokens``), on CUDA
+when available; ``--threads 1`` decodes faster on a CPU that other processes keep busy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cmat_gym  # noqa: F401  (registers the envs)
+from cmat_gym.agents.policies import Policy, is_model_policy, make_policy
+from cmat_gym.cmat.memory import ReflectionStore
+from cmat_gym.domains.db.agentbench import MUTATION_KINDS
+from cmat_gym.domains.db.env import DBEnv
+from cmat_gym.evaluation import (
+    EpisodeResult,
+    env_factory,
+    run_episodes,
+    summarize,
+    summarize_cmat,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DBBENCH = REPO.parent / "shared" / "agentbench" / "dbbench" / "dev.jsonl"
+DOMAINS = ("DB",)
+HEADLINE_CATEGORIES = ("SELECT", "INSERT", "UPDATE")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A set of tasks: the env kwargs and the task indices (None: procedural, ``episodes`` seeds)."""
+
+    name: str
+    env_id: str
+    env_kwargs: dict[str, Any]
+    episodes: int
+    task_indices: list[int] | None = None
+    kinds: dict[str, str] = field(default_factory=dict)  # task_id -> AgentBench type (file sources)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How an agent plays: the bare env, or the CMAT loop with a checker and optional memory."""
+
+    label: str
+    cmat: bool = False
+    checker: str = "none"
+    memory: bool = False
+
+
+BARE = Variant("")
+ABLATIONS = {  # --ablations name -> variant
+    "none": Variant("+ CMAT, no checker", cmat=True, checker="none"),
+    "rule": Variant("+ CMAT, rule checker", cmat=True, checker="rule"),
+    "llm": Variant("+ CMAT, LLM checker", cmat=True, checker="llm"),
+    "memory": Variant("+ CMAT, rule checker, memory on", cmat=True, checker="rule", memory=True),
+}
+
+
+def sources(domains: Sequence[str], episodes: int, dbbench: Path, dbbench_tasks: int | None,
+            max_rounds: int | None = None) -> list[Source]:
+    """The task sources of ``domains`` (prints why a source is skipped)."""
+    found = []
+    rounds = {} if max_rounds is None else {"max_rounds": max_rounds}
+    for domain in domains:
+        if domain != "DB":
+            raise SystemExit(f"domain {domain!r} is not implemented yet; available: {', '.join(DOMAINS)}")
+        found.append(Source("DB-v0 test", "cmat/DB-v0", {"split": "test", **rounds}, episodes))
+        if dbbench_tasks == 0:
+            print("('dbbench dev' skipped: --dbbench-tasks 0)")
+            continue
+        if not dbbench.is_file():
+            print(f"(AgentBench dbbench file not found at {dbbench}: 'dbbench dev' skipped)")
+            continue
+        tasks = DBEnv.load_tasks(str(dbbench))
+        n = len(tasks) if dbbench_tasks is None else min(dbbench_tasks, len(tasks))
+        indices = [i * len(tasks) // n for i in range(n)]  # evenly spaced: the file is sorted by type
+        kinds = {t.task_id: t.payload["kind"] for t in tasks}
+        found.append(Source("dbbench dev", "cmat/DB-v0", {"tasks": str(dbbench), **rounds}, n, indices, kinds))
+    return found
+
+
+def db_headline(results: Sequence[EpisodeResult], kinds: dict[str, str]) -> dict[str, Any]:
+    """AgentBench's ``overall_cat_accuracy``: mean of the SELECT, INSERT and UPDATE accuracies."""
+    per: dict[str, list[bool]] = {c: [] for c in HEADLINE_CATEGORIES}
+    for r in results:
+        kind = kinds[r.task_id]
+        category = kind if kind in MUTATION_KINDS else "SELECT"
+        if category in per:  # DELETE is in none of AgentBench's three categories
+            per[category].append(r.success)
+    accuracy = {c: (sum(v) / len(v) if v else 0.0) for c, v in per.items()}  # absent: 0, as AgentBench
+    return {"headline": sum(accuracy.values()) / len(accuracy), "accuracy": accuracy,
+            "counts": {c: len(v) for c, v in per.items()}}
+
+
+# ------------------------------------------------------------------------------ running
+def run_row(
+    name: str, variant: Variant, srcs: Sequence[Source], get_policy: Callable[[], Policy],
+    args: argparse.Namespace, critic: Callable[[Policy], Any],
+) -> dict[str, Any]:
+    """Every source for one agent (policy + variant): results, summaries, timing."""
+    row: dict[str, Any] = {"agent": f"{name} {variant.label}".strip(), "policy": name, "variant": variant.label,
+                           "cmat": variant.cmat, "checker": variant.checker if variant.cmat else None,
+                           "memory": variant.memory, "sources": {}}
+    for source in srcs:
+        policy = get_policy()
+        memory = ReflectionStore(None, mode="rw") if variant.memory else None
+        lm = critic(policy) if variant.cmat and variant.checker == "llm" else None
+        factory = env_factory(source.env_id, cmat=variant.cmat, checker=variant.checker, checker_policy=lm,
+                              memory=memory, **source.env_kwargs)
+        tokens_before = getattr(policy, "generated_tokens", 0)
+        started = time.perf_counter()
+        results = run_episodes(factory, policy, source.episodes, args.seed, task_indices=source.task_indices,
+                               progress=not args.quiet, batch_size=args.batch_size)
+        wall = time.perf_counter() - started
+        cell = {**summarize(results), "wall_s": wall, "episodes_per_s": len(results) / wall,
+                "results": [r.to_dict() for r in results]}
+        tokens = getattr(policy, "generated_tokens", 0) - tokens_before
+        if tokens:
+            cell.update(generated_tokens=tokens, tokens_per_s=tokens / wall)
+        if variant.cmat:
+            cell["cmat"] = summarize_cmat(results)
+        if memory is not None:
+            cell["memory"] = memory.describe()
+            memory.close()
+        if source.kinds:
+            cell["db_headline"] = db_headline(results, source.kinds)
+        row["sources"][source.name] = cell
+        print(f"  {row['agent']:<44} {source.name:<12} {cell['successes']:>3}/{cell['episodes']:<3} "
+              f"in {wall:7.1f} s ({cell['episodes_per_s']:.2f} episodes/s)", flush=True)
+    pooled = [EpisodeResult(**r) for cell in row["sources"].values() for r in cell["results"]]
+    row["overall"] = summarize(pooled)
+    return row
+
+
+# ------------------------------------------------------------------------------ printing
+def _rate(summary: dict[str, Any]) -> str:
+    low, high = summary["ci95"]
+    return f"{summary['success_rate']:.3f} [{low:.2f}, {high:.2f}]"
+
+
+def format_table(rows: Sequence[dict[str, Any]], srcs: Sequence[Source]) -> str:
+    """The AgentBench-style table, the DB headline breakdown, and the CMAT and timing details."""
+    names = [s.name for s in srcs]
+    width = max(28, *(len(r["agent"]) for r in rows))
+    head = [f"{'agent':<{width}}"] + [f"{f'{n} ({s.episodes})':>22}" for n, s in zip(names, srcs, strict=True)]
+    head += [f"{'overall':>22}", f"{'DB headline':>11}", f"{'format errors':>22}"]
+    lines = [" | ".join(head), "-" * len(" | ".join(head))]
+    for r in rows:
+        cells = [f"{r['agent']:<{width}}"] + [f"{_rate(r['sources'][n]):>22}" for n in names]
+        headline = next((c["db_headline"]["headline"] for c in r["sources"].values() if "db_headline" in c), None)
+        o = r["overall"]
+        errors = f"{o['format_error_rate']:.1%} steps, {o['episodes_with_format_error']:.0%} ep"
+        cells += [f"{_rate(o):>22}", f"{'-' if headline is None else f'{headline:.3f}':>11}", f"{errors:>22}"]
+        lines.append(" | ".join(cells))
+
+    with_headline = [(r, c["db_headline"]) for r in rows for c in r["sources"].values() if "db_headline" in c]
+    if with_headline:
+        lines += ["", "AgentBench DB headline on the dbbench file (overall_cat_accuracy = mean of the three):"]
+        for r, h in with_headline:
+            parts = [f"{c} {h['accuracy'][c]:.3f} (n={h['counts'][c]})" for c in HEADLINE_CATEGORIES]
+            lines.append(f"  {r['agent']:<{width}}  " + ", ".join(parts) + f"  -> {h['headline']:.3f}")
+
+    cmat_rows = [r for r in rows if r["cmat"]]
+    if cmat_rows:
+        lines += ["", "CMAT loop (per source): rejected actions per episode, checker precision / recall "
+                      "(aggregate, against hindsight), reflections used / written:"]
+        for r in cmat_rows:
+            for n, c in r["sources"].items():
+                m = c["cmat"]
+                p, rc = m["checker_precision"], m["checker_recall"]
+                lines.append(f"  {r['agent']:<{width}} {n:<12} {m['mean_rejected_actions']:.2f}, "
+                             f"{'n/a' if p is None else f'{p:.2f}'} / {'n/a' if rc is None else f'{rc:.2f}'}, "
+                             f"{m['reflections_used']} / {m['reflections_written']}"
+                             + (f"   [{c['memory']}]" if "memory" in c else ""))
+
+    lines += ["", "Timing (wall clock of each run, batch of episodes played at once):"]
+    for r in rows:
+        for n, c in r["sources"].items():
+            tok = f", {c['tokens_per_s']:.1f} generated tokens/s" if "tokens_per_s" in c else ""
+            lines.append(f"  {r['agent']:<{width}} {n:<12} {c['wall_s']:8.1f} s, "
+                         f"{c['episodes_per_s']:.3f} episodes/s{tok}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ main
+def main(argv: Sequence[str] | None = None) -> int:
+    """Measure and print the table; returns the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policy", nargs="+", default=["oracle", "random"],
+                        help="agents (rows): oracle, random, smollm2, tiny-random or model folders")
+    parser.add_argument("--envs", nargs="+", default=["DB"], help=f"domains (available: {', '.join(DOMAINS)})")
+    parser.add_argument("--episodes", type=int, default=30, help="procedural DB-v0 test episodes per agent")
+    parser.add_argument("--dbbench", type=Path, default=DEFAULT_DBBENCH, help="the AgentBench dbbench file")
+    parser.add_argument("--dbbench-tasks", type=int, default=None,
+                        help="play an evenly spaced subset of this many dbbench tasks (default: all; 0: none)")
+    parser.add_argument("--max-rounds", type=int, default=None,
+                        help="actions per episode before truncation, for every agent (default: the env's, 20)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ablations", nargs="*", default=None, choices=sorted(ABLATIONS), metavar="VARIANT",
+                        help="add CMAT variants of each agent: none (no checker), rule, llm, memory (rule checker "
+                             "+ reflection memory); the flag alone adds all four")
+    parser.add_argument("--checker-model", default=None,
+                        help="the LLM checker's model (default: the agent's model, else smollm2)")
+    parser.add_argument("--adapter", default=None, help="a peft adapter for the language-model agents")
+    parser.add_argument("--batch-size", type=int, default=8, help="episodes played at once (default 8)")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure and result as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.episodes < 1 or args.batch_size < 1 or (args.dbbench_tasks or 0) < 0 or (args.max_rounds or 1) < 1:
+        parser.error("--episodes, --batch-size and --max-rounds must be at least 1, --dbbench-tasks at least 0")
+
+    command = "python benchmarks/agentbench_table.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    srcs = sources(args.envs, args.episodes, args.dbbench, args.dbbench_tasks, args.max_rounds)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f}, Python {platform.python_version()}"
+    print(f"command: {command}\nmachine: {machine}")
+    print("measured: " + "; ".join(f"{s.name}: {s.episodes} episodes" for s in srcs)
+          + f"; seed {args.seed}; batch size {args.batch_size}; max rounds {args.max_rounds or 'the env default (20)'}")
+
+    models: dict[str, Policy] = {}
+
+    def policy_for(name: str) -> Callable[[], Policy]:
+        if not is_model_policy(name):
+            return lambda: make_policy(name, seed=args.seed)  # fresh per run: reproducible rows
+        if name not in models:
+            models[name] = make_policy(name, adapter=args.adapter, max_new_tokens=args.max_new_tokens,
+                                       max_batch=args.batch_size, device=args.device, threads=args.threads)
+            lm = models[name].lm  # type: ignore[attr-defined]
+            print(f"model: {name} on {lm.model.device}, greedy, max {args.max_new_tokens} new tokens"
+                  + (f", adapter {args.adapter}" if args.adapter else ""))
+        return lambda: models[name]
+
+    critics: dict[str, Any] = {}
+
+    def critic(policy: Policy) -> Any:
+        from cmat_gym.agents.chat_agent import ChatAgent, make_critic_lm
+
+        model = args.checker_model or (policy if isinstance(policy, ChatAgent) else "smollm2")
+        key = model if isinstance(model, str) else f"agent:{id(model)}"
+        if key not in critics:
+            critics[key] = make_critic_lm(model, device=args.device, threads=args.threads)
+        return critics[key]
+
+    chosen = [] if args.ablations is None else (args.ablations or list(ABLATIONS))
+    variants = (BARE, *(ABLATIONS[name] for name in ABLATIONS if name in chosen))
+    rows = []
+    for name in args.policy:
+        get_policy = policy_for(name)
+        for variant in variants:
+            rows.append(run_row(name, variant, srcs, get_policy, args, critic))
+    if any(v.memory for v in variants):
+        print("memory on: a fresh in-memory ReflectionStore (read-write) per agent and source, shared by its episodes")
+    print()
+    print(format_table(rows, srcs))
+    if args.json:
+        args.json.write_text(json.dumps({"command": command, "machine": machine, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

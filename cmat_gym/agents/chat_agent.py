@@ -1,0 +1,216 @@
+"""ChatAgent: a chat language model playing the Assistant, one chat history per slot.
+
+:class:`~cmat_gym.agents.lm_policy.LMPolicy` is stateless: it answers whole conversations.
+:class:`ChatAgent` turns it into a :class:`~cmat_gym.agents.policies.Policy` for
+:func:`~cmat_gym.evaluation.run_episodes` and ``cmat-gym eval``: it keeps each slot's
+conversation (the system prompt of :func:`~cmat_gym.agents.prompts.assistant_system_prompt`, then
+each observation as a user turn and each action as an assistant turn) and asks the model for the
+next action of every slot in one batched call.
+
+Short-term memory: the whole conversation is sent while it fits the model's window
+(``max_seq_len - max_new_tokens`` prompt tokens); when it would overflow, only the first user message
+(the task) and the last ``history_turns`` exchanges (action + its result) are sent, fewer if need be.
+
+Built by name through :func:`~cmat_gym.agents.policies.make_policy`: ``"smollm2"`` (the bundled
+SmolLM2-135M-Instruct), ``"tiny-random"`` (a random-weight test model) or a local model folder;
+``adapter=PATH`` adds a saved peft adapter. Defaults suit evaluation: greedy decoding, at most 256
+new tokens, stop at ``<|im_end|>``, CUDA when available.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cmat_gym.agents.lm_policy import Completion, LMPolicy, Message
+from cmat_gym.agents.models import SMOLLM2, TINY_RANDOM
+from cmat_gym.agents.policies import resolve_slots
+from cmat_gym.agents.prompts import assistant_system_prompt
+from cmat_gym.core.task import Task
+from cmat_gym.domains import domain_env_class
+
+# Policy names (see cmat_gym.agents.policies.POLICIES) -> the model each loads.
+MODEL_NAMES = {"smollm2": SMOLLM2, "tiny-random": TINY_RANDOM}
+STOP = ("<|im_end|>",)
+TRUNCATED = "\n[... cut to fit the context window ...]\n"
+
+
+class ChatAgent:
+    """A chat LM as a batched, per-slot stateful Assistant policy (see the module docstring).
+
+    Args:
+        lm: the language model (its sampling settings apply).
+        system_prompt: the system message of every conversation (None: none).
+        history_turns: exchanges kept besides the task when the conversation would overflow.
+
+    Attributes:
+        last_completions: the :class:`~cmat_gym.agents.lm_policy.Completion` of each row of the
+            latest :meth:`act` call (token ids, log-probs, finish reason).
+        generated_tokens: completion tokens generated since construction (for throughput figures).
+    """
+
+    def __init__(self, lm: LMPolicy, *, system_prompt: str | None = None, history_turns: int = 4) -> None:
+        if history_turns < 0:
+            raise ValueError(f"Expects history_turns >= 0, actual {history_turns}")
+        self.lm = lm
+        self.system_prompt = system_prompt
+        self.history_turns = history_turns
+        self.histories: dict[int, list[Message]] = {}
+        self.last_completions: list[Completion] = []
+        self.generated_tokens = 0
+
+    def act(
+        self, observations: list[str], tasks: list[Task] | None = None, slots: Sequence[int] | None = None
+    ) -> list[str]:
+        """Append each observation to its slot's conversation and generate every slot's next action.
+
+        ``tasks`` is ignored (the model sees only what the env shows); ``slots`` names the slot of
+        each observation (default ``0 .. n-1``).
+        """
+        slots = resolve_slots(slots, len(observations))
+        for slot, observation in zip(slots, observations, strict=True):
+            self.histories.setdefault(slot, []).append({"role": "user", "content": observation})
+        conversations = [self.context(self.histories[slot]) for slot in slots]
+        completions = self.lm.act_messages(conversations, return_details=True)
+        self.last_completions = completions
+        for slot, completion in zip(slots, completions, strict=True):
+            self.histories[slot].append({"role": "assistant", "content": completion.text})
+            self.generated_tokens += len(completion.completion_ids)
+        return [c.text for c in completions]
+
+    def reset(self, slots: Sequence[int] | None = None) -> None:
+        """Forget the conversations of ``slots`` (all when None)."""
+        for slot in list(self.histories) if slots is None else slots:
+            self.histories.pop(slot, None)
+
+    def context(self, history: Sequence[Message]) -> list[Message]:
+        """The messages sent for ``history`` (a slot's conversation, ending with a user turn)."""
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt is not None else []
+        messages = [*system, *history]
+        if fits_window(self.lm, messages):
+            return messages
+        if len(history) > 1:
+            first, rest = history[0], list(history[1:])  # rest: (assistant, user) exchanges
+            keep = max(1, min(self.history_turns, len(rest) // 2))  # the newest exchange always stays
+            messages = [*system, first, *rest[len(rest) - 2 * keep:]]
+            while keep > 1 and not fits_window(self.lm, messages):
+                keep -= 1
+                messages = [*system, first, *rest[len(rest) - 2 * keep:]]
+        # Last resort (huge observations): shorten the newest result, then the task.
+        for index in sorted({len(messages) - 1, len(system)}, reverse=True):
+            messages = fit_window(self.lm, messages, index)
+        return messages
+
+
+def fits_window(lm: LMPolicy, messages: Sequence[Message]) -> bool:
+    """Whether the prompt of ``messages`` leaves room for a full reply in ``lm``'s window."""
+    return len(lm.prompt_ids(messages)) <= lm.max_seq_len - lm.max_new_tokens
+
+
+def fit_window(lm: LMPolicy, messages: Sequence[Message], index: int) -> list[Message]:
+    """``messages`` with the content of ``messages[index]`` cut in the middle (head and tail kept, a
+    marker between) until the prompt fits ``lm``'s window, or the content is down to 256 characters."""
+    messages = list(messages)
+    content = messages[index]["content"]
+    while not fits_window(lm, messages) and len(content) > 256:
+        head, _, tail = content.partition(TRUNCATED) if TRUNCATED in content else (content, "", "")
+        if not tail:
+            head, tail = content[: len(content) // 2], content[len(content) // 2:]
+        content = head[: len(head) * 3 // 4] + TRUNCATED + tail[len(tail) // 4:]
+        messages[index] = {**messages[index], "content": content}
+    return messages
+
+
+class CriticLM:
+    """An LMPolicy for :class:`~cmat_gym.cmat.checkers.LLMChecker` whose prompts always fit the window:
+    a too long critic prompt (the task, recent turns, the proposed action) is cut in the middle."""
+
+    def __init__(self, lm: LMPolicy) -> None:
+        self.lm = lm
+
+    def act_messages(self, conversations: Sequence[Sequence[Message]], **overrides: Any) -> list[Any]:
+        """One reply per conversation (see :meth:`LMPolicy.act_messages`)."""
+        fitted = [fit_window(self.lm, c, len(c) - 1) for c in conversations]
+        return self.lm.act_messages(fitted, **overrides)
+
+
+def make_chat_agent(
+    model: str = SMOLLM2,
+    *,
+    adapter: str | Path | None = None,
+    domain: str = "db",
+    seed: int | None = None,
+    device: str = "auto",
+    dtype: str | None = None,
+    temperature: float = 0.0,
+    max_new_tokens: int = 256,
+    max_batch: int = 16,
+    max_seq_len: int = 2048,
+    history_turns: int = 4,
+    threads: int | None = None,
+    **lm_kwargs: Any,
+) -> ChatAgent:
+    """A :class:`ChatAgent` over ``model`` (``"smollm2-135m-instruct"``, ``"tiny-random"`` or a folder).
+
+    Args:
+        adapter: a saved peft adapter folder to load on top of the model.
+        domain: the domain whose action grammar the system prompt teaches.
+        seed: seeds sampling (irrelevant for greedy decoding).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
+        dtype: e.g. ``"bf16"``; default fp32 on CPU, bf16 on CUDA.
+        temperature: 0 = greedy (the evaluation default).
+        max_new_tokens, max_batch, max_seq_len: see :class:`~cmat_gym.agents.lm_policy.LMPolicy`.
+        history_turns: see :class:`ChatAgent`.
+        threads: sets torch's CPU threads for the process (None: leave it). On a machine whose cores
+            other processes keep busy, 1 thread decodes several times faster than 2.
+        **lm_kwargs: other :class:`~cmat_gym.agents.lm_policy.LMPolicy` settings (top_p, backend, ...).
+    """
+    lm = LMPolicy.from_pretrained(
+        MODEL_NAMES.get(model, model), adapter=adapter, device=resolve_device(device, threads), dtype=dtype,
+        temperature=temperature, seed=seed, max_new_tokens=max_new_tokens, max_batch=max_batch,
+        max_seq_len=max_seq_len, stop=lm_kwargs.pop("stop", STOP), **lm_kwargs,
+    )
+    grammar = domain_env_class(domain).grammar
+    return ChatAgent(lm, system_prompt=assistant_system_prompt(grammar), history_turns=history_turns)
+
+
+def smollm2(**kwargs: Any) -> ChatAgent:
+    """SmolLM2-135M-Instruct (bundled) as the Assistant; ``kwargs`` as :func:`make_chat_agent`."""
+    return make_chat_agent(SMOLLM2, **kwargs)
+
+
+def tiny_random(**kwargs: Any) -> ChatAgent:
+    """The tiny random-weight test model as the Assistant (fast, useless: for tests)."""
+    return make_chat_agent(TINY_RANDOM, **kwargs)
+
+
+def make_critic_lm(
+    model: str | ChatAgent = "smollm2",
+    *,
+    max_new_tokens: int = 64,
+    device: str = "auto",
+    threads: int | None = None,
+) -> CriticLM:
+    """A greedy chat model for :class:`~cmat_gym.cmat.checkers.LLMChecker` (short one-line verdicts).
+
+    ``model``: a policy name (``"smollm2"``, ``"tiny-random"``), a model name or folder, or a
+    :class:`ChatAgent` whose model (adapter included) it shares: nothing is loaded again.
+    """
+    settings: dict[str, Any] = {"temperature": 0.0, "max_new_tokens": max_new_tokens, "stop": STOP, "max_batch": 4}
+    if isinstance(model, ChatAgent):
+        lm = model.lm
+        return CriticLM(LMPolicy(lm.model, lm.tokenizer, max_seq_len=lm.max_seq_len, backend=lm.backend, **settings))
+    model = MODEL_NAMES.get(model, model)
+    return CriticLM(LMPolicy.from_pretrained(model, device=resolve_device(device, threads), **settings))
+
+
+def resolve_device(device: str, threads: int | None = None) -> str:
+    """``"auto"`` becomes ``"cuda"`` when available, else ``"cpu"``; ``threads`` sets torch's CPU threads."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
