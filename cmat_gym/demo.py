@@ -71,7 +71,7 @@ def model_in_the_loop(args: argparse.Namespace) -> int:
     results = run_episodes(factory, policy, args.episodes, args.seed, batch_size=args.episodes,
                            on_episode_end=keep_transcript, progress=False)
     played = time.perf_counter() - started
-    shown = next((r for r in results if r.success), results[0])
+    shown = min(results, key=lambda r: (not r.success, r.format_errors))  # a success, else the best-formed episode
     print(f"--- transcript of episode {results.index(shown)} ({shown.task_id}) ---")
     print(transcripts[shown.task_id])
     cmat = {**summarize_cmat(results), "memory": "reflection memory: off"}
@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2", help="the Assistant: smollm2, tiny-random or a model folder")
     parser.add_argument("--episodes", type=int, default=3, help="episodes the model plays (as one batch)")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="most tokens per action")
+    parser.add_argument("--max-new-tokens", type=int, default=96, help="most tokens per action")
     parser.add_argument("--max-rounds", type=int, default=4, help="actions per episode before truncation")
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', ...")
     parser.add_argument("--threads", type=int, default=1,

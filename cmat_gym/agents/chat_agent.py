@@ -9,12 +9,14 @@ next action of every slot in one batched call.
 
 Short-term memory: the whole conversation is sent while it fits the model's window
 (``max_seq_len - max_new_tokens`` prompt tokens); when it would overflow, only the first user message
-(the task) and the last ``history_turns`` exchanges (action + its result) are sent, fewer if need be.
+(the task) and the last ``history_turns`` exchanges (action + its result) are sent, fewer if need be
+(never fewer than the newest one; a result too long even then is cut in the middle).
 
 Built by name through :func:`~cmat_gym.agents.policies.make_policy`: ``"smollm2"`` (the bundled
 SmolLM2-135M-Instruct), ``"tiny-random"`` (a random-weight test model) or a local model folder;
 ``adapter=PATH`` adds a saved peft adapter. Defaults suit evaluation: greedy decoding, at most 256
-new tokens, stop at ``<|im_end|>``, CUDA when available.
+new tokens, stop at ``<|im_end|>``, CUDA when available. :func:`make_critic_lm` builds the chat
+model of an LLM checker (``checker="llm"``), sharing the agent's model when given one.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class ChatAgent:
     Args:
         lm: the language model (its sampling settings apply).
         system_prompt: the system message of every conversation (None: none).
-        history_turns: exchanges kept besides the task when the conversation would overflow.
+        history_turns: exchanges kept besides the task when the conversation would overflow (at
+            least the newest one is always kept).
 
     Attributes:
         last_completions: the :class:`~cmat_gym.agents.lm_policy.Completion` of each row of the
