@@ -473,7 +473,8 @@ _MAX_ERRORS = 3
 
 # (pattern over the error texts, lesson). Generic, domain-agnostic advice; never task-specific data.
 _LESSONS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"no such (table|column)|unknown (table|column)", re.I),
+    # SQLite says "no such column: x"; the rule checker says "no column 'x' in T" / "no table 'x'"
+    (re.compile(r"no (such )?(table|column)\b|unknown (table|column)", re.I),
      "Check table and column names (e.g. SELECT * FROM <table> LIMIT 3) before relying on them."),
     (re.compile(r"no such file|not found|does not exist|doesn't exist", re.I),
      "Check that the names you use exist (list or look them up first) before using them."),

@@ -247,3 +247,18 @@ def test_default_writer_and_read_only_store(tmp_path: Any) -> None:
     assert info["reflections_used"] == 1
     _, _, info = play(env, [WRONG])
     assert not info["episode_metrics"]["reflection_written"] and len(frozen) == 1
+
+
+@pytest.mark.parametrize("bad_name", ["table", "column"])
+def test_reflection_on_a_rule_checker_rejection_gets_the_lesson_about_names(bad_name: str) -> None:
+    """The rule checker words unknown names its own way ("no column 'x' in T"), not SQLite's."""
+    store = ReflectionStore(None)
+    env = make_cmat("cmat/DB-v0", checker="rule", memory=store)
+    env.reset(options={"task_index": 3})
+    table = env.task.payload["tables"][0]["name"]
+    sql = "SELECT * FROM nowhere" if bad_name == "table" else f'SELECT nosuchcolumn FROM "{table}"'
+    obs, _, _ = play(env, [op(sql)])
+    assert obs.startswith("Error: rejected by the checker") and f"no {bad_name} '" in obs
+    play(env, [WRONG])
+    assert len(store) == 1
+    assert "Check table and column names" in store.all()[0].text
