@@ -244,6 +244,13 @@ def test_p_tuning_adapter_acts_through_hf_generate(tiny: tuple[Any, Any]) -> Non
     assert all(len(d.completion_ids) == len(d.logprobs) > 0 for d in details)
 
 
+def test_real_smollm2_answers_a_fact_greedily() -> None:
+    """The bundled pretrained model in the default run (a few seconds once the converted copy is cached):
+    random weights, a broken GGUF conversion or a wrong chat template would not say Paris."""
+    policy = LMPolicy.from_pretrained("smollm2-135m-instruct", max_new_tokens=8, max_seq_len=128)
+    assert "Paris" in policy.act(["What is the capital of France? Answer in one word."])[0]
+
+
 @pytest.mark.slow
 def test_smollm2_replies_to_a_chat_prompt() -> None:
     policy = LMPolicy.from_pretrained("smollm2-135m-instruct", max_new_tokens=32, max_seq_len=256)
