@@ -212,7 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "eval").mkdir(exist_ok=True)
     preset = PRESETS[args.preset]
 
-    walls = json.loads((out / "stage_walls.json").read_text()) if (out / "stage_walls.json").is_file() else {}
+    walls_file = out / "stage_walls.json"
+
+    def read_walls() -> dict[str, float]:  # re-read each time: another shell may run other stages
+        return json.loads(walls_file.read_text()) if walls_file.is_file() else {}
+
     for stage in ([] if args.summary_only else [s for s in STAGES if s in args.stages]):
         if stage_done(stage, out):
             print(f"{stage}: already done (output present), skipped", flush=True)
@@ -221,9 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing:
             print(f"{stage}: skipped, needs {', '.join(missing)} first", flush=True)
             continue
-        walls[stage] = run_stage(stage, out, preset, args)
-        (out / "stage_walls.json").write_text(json.dumps(walls, indent=1))
+        wall = run_stage(stage, out, preset, args)
+        walls_file.write_text(json.dumps({**read_walls(), stage: wall}, indent=1))
 
+    walls = read_walls()
     summary = summarize(out)
     summary.update(preset=args.preset, stage_walls_s=walls, output_dir=str(out))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
