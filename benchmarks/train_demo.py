@@ -44,7 +44,7 @@ PRESETS: dict[str, dict[str, list[str]]] = {
     "cpu": {
         "common": ["--device", "cpu"],
         "sft": ["--episodes", "64", "--epochs", "2", "--batch-size", "4", "--lr", "5e-4", "--max-seq-len", "1024"],
-        "rl": ["--iterations", "4", "--episodes-per-iteration", "8", "--rollout-batch", "8", "--max-turns", "5",
+        "rl": ["--iterations", "8", "--episodes-per-iteration", "8", "--rollout-batch", "8", "--max-turns", "5",
                "--max-new-tokens", "128", "--learning-rate", "1e-4", "--micro-batch-size", "4",
                "--max-seq-len", "1024"],
         "ppo": ["--ppo-epochs", "1", "--minibatch-size", "8", "--checkpoint-every", "1"],
@@ -75,6 +75,7 @@ PRESETS: dict[str, dict[str, list[str]]] = {
     },
 }
 
+DONE_MARK = "demo_stage_done.json"  # written into a training stage's folder once its process exits 0
 EVAL_POLICY = {"smollm2-135m-instruct": "smollm2"}  # model name -> its name as an evaluation policy
 
 # (stage, the agent it trains or scores, its label in the table)
@@ -120,7 +121,8 @@ def stage_done(stage: str, out: Path) -> bool:
     """Whether a stage's final output is already there."""
     if stage.startswith("eval-"):
         return (out / "eval" / f"{stage.removeprefix('eval-')}.json").is_file()
-    return (out / stage / "adapter" / "adapter_config.json").is_file()
+    # not the adapter: PPO saves one at every checkpoint, so it exists before the run is over
+    return (out / stage / DONE_MARK).is_file()
 
 
 def run_stage(stage: str, out: Path, preset: dict[str, list[str]], args: argparse.Namespace) -> float:
@@ -134,11 +136,13 @@ def run_stage(stage: str, out: Path, preset: dict[str, list[str]], args: argpars
         f.write(shlex.join(cmd) + "\n")
     print(f"[{time.strftime('%H:%M:%S')}] {stage}: {shlex.join(cmd)}\n    log: {log}", flush=True)
     started = time.perf_counter()
-    with log.open("w") as f:
+    with log.open("a") as f:  # append: a resumed run keeps the log of its first part
         code = subprocess.call(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"stage {stage} failed (exit {code}) after {wall:.0f} s; see {log}")
+    if not stage.startswith("eval-"):
+        (out / stage / DONE_MARK).write_text(json.dumps({"command": cmd, "wall_s": wall}))
     print(f"[{time.strftime('%H:%M:%S')}] {stage}: done in {wall:.0f} s", flush=True)
     return wall
 

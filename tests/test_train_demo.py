@@ -63,6 +63,15 @@ def test_resumes_an_interrupted_ppo_run(tmp_path: Path) -> None:
     assert "--resume" in demo.stage_command("ppo-checker", tmp_path, demo.PRESETS["cpu"], _args())
 
 
+def test_a_training_stage_is_done_only_when_its_process_finished(tmp_path: Path) -> None:
+    (tmp_path / "ppo-checker" / "adapter").mkdir(parents=True)  # PPO saves one at every checkpoint
+    (tmp_path / "ppo-checker" / "adapter" / "adapter_config.json").write_text("{}")
+    assert not demo.stage_done("ppo-checker", tmp_path)
+    (tmp_path / "ppo-checker" / demo.DONE_MARK).write_text("{}")
+    assert demo.stage_done("ppo-checker", tmp_path)
+    assert not demo.stage_done("eval-ppo-checker", tmp_path)
+
+
 def _eval_json(path: Path, test: tuple[int, int], dbbench: tuple[int, int]) -> None:
     def cell(s: int, n: int) -> dict:
         return {"episodes": n, "successes": s, "success_rate": s / n, "ci95": [0.0, 1.0], "mean_steps": 2.0,
