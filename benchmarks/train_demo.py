@@ -19,7 +19,8 @@ Every stage is a separate process with its log in ``DIR/logs/STAGE.log`` and its
 ``DIR/commands.sh``. A stage whose output exists is skipped, and an interrupted PPO run resumes from
 its checkpoint, so rerunning the same command after a crash loses only unfinished work. ``--stages``
 runs a subset (e.g. two shells running different PPO stages at once). The table goes to stdout,
-``DIR/summary.md`` and ``DIR/summary.json``; each PPO run also draws ``learning_curve.png``.
+``DIR/summary.md`` and ``DIR/summary.json``, the curves to ``DIR/curves.png`` (each PPO run also
+draws its own ``learning_curve.png``).
 """
 
 from __future__ import annotations
@@ -174,6 +175,34 @@ def summarize(out: Path) -> dict[str, Any]:
     return {"rows": rows, "ppo_gain_over_sft_test": gain}
 
 
+def plot_curves(path: Path, summary: dict[str, Any]) -> None:
+    """Training success per iteration of the RL runs, and each agent's held-out test success as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, r in enumerate(summary["rows"]):
+        color = f"C{i}"
+        curve = r.get("train_success_by_iteration")
+        if curve:
+            ax.plot(range(1, len(curve) + 1), [float("nan") if v is None else v for v in curve], "-o", ms=3,
+                    color=color, label=f"{r['label']}: train rollouts")
+        if "DB-v0 test" in r:
+            ax.axhline(r["DB-v0 test"]["success_rate"], color=color, ls="--", lw=1,
+                       label=f"{r['label']}: test {r['DB-v0 test']['success_rate']:.3f}")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("success rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=7)
+    ax.set_title("Training success per iteration (solid) and held-out test success (dashed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The demonstration table as Markdown."""
     lines = ["| agent | DB-v0 test | dbbench dev | DB headline | format errors (steps) | train success by iteration |",
@@ -238,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     table = format_summary(summary)
     (out / "summary.md").write_text(table + "\n")
+    plot_curves(out / "curves.png", summary)
     print(f"\n{table}\n\nstage wall times (s): {json.dumps({k: round(v) for k, v in walls.items()})}")
     print(f"commands: {out / 'commands.sh'}; logs: {out / 'logs'}")
     return 0

@@ -93,6 +93,8 @@ def test_summary_reports_the_gain_and_what_did_not_run(tmp_path: Path) -> None:
     assert "| SFT+PPO, checker | 0.300 (3/10)" in text and "0.25 0.50 |" in text
     assert "| zero-shot | not run | not run |" in text
     assert "+10.0 points (target >= +10: met)" in text
+    demo.plot_curves(tmp_path / "curves.png", summary)
+    assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
 @pytest.mark.slow
@@ -107,5 +109,6 @@ def test_whole_pipeline_with_the_tiny_model(tmp_path: Path) -> None:
     for run in ("ppo-checker", "ppo-no-checker", "grpo"):
         assert (out / run / "adapter" / "adapter_config.json").is_file()
     assert len((out / "commands.sh").read_text().splitlines()) == len(demo.STAGES)
+    assert (out / "curves.png").stat().st_size > 1000
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)  # nothing left to do
     assert again.returncode == 0 and again.stdout.count("already done") == len(demo.STAGES)
