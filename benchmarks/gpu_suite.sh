@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the project, in one script, for a lent GPU machine (see README, "GPU").
 #
-#   bash benchmarks/gpu_suite.sh                 # rollout, cmat_loop, train_throughput, ppo_smoke (~10 min)
+#   bash benchmarks/gpu_suite.sh                 # rollout, cmat_loop, train_throughput, ppo_smoke (limits sum to 550 s: one 600-s call)
 #   bash benchmarks/gpu_suite.sh demo            # issue 5's demonstration, GPU preset (its own call)
 #   bash benchmarks/gpu_suite.sh rollout cmat_loop
 #
@@ -30,20 +30,20 @@ run() {  # run NAME SECONDS CMD...: one benchmark, its own limit, its log in $OU
 }
 
 # Issue 4: rollout engine vs HF generate (SmolLM2-135M, bf16, batch 256, 128 new tokens).
-run rollout 300 python3 benchmarks/rollout_throughput.py --model smollm2-135m-instruct --device cuda \
+run rollout 180 python3 benchmarks/rollout_throughput.py --model smollm2-135m-instruct --device cuda \
     --dtype bf16 --batch 256 --new-tokens 128 --prompt-len 64 --json "$OUT/rollout.json"
 
 # Issue 4: episodes/s of SmolLM2 on DB-v0, bare and through the CMAT loop with the rule checker
 # (64 episodes in flight, at most 5 actions each).
-run cmat_loop 150 python3 benchmarks/agentbench_table.py --policy smollm2 --envs DB --episodes 128 \
+run cmat_loop 120 python3 benchmarks/agentbench_table.py --policy smollm2 --envs DB --episodes 128 \
     --dbbench-tasks 0 --ablations rule --max-rounds 5 --max-new-tokens 128 --batch-size 64 --quiet \
     --json "$OUT/cmat_loop.json"
 
 # Issue 5: one PPO iteration (rollout / scoring / update breakdown) vs TRL GRPOTrainer, same env,
 # model and batch; then a short real PPO run to check the CUDA path end to end (bf16, engine).
-run train_throughput 240 python3 benchmarks/train_throughput.py --model smollm2-135m-instruct --device cuda \
+run train_throughput 150 python3 benchmarks/train_throughput.py --model smollm2-135m-instruct --device cuda \
     --json "$OUT/train_throughput.json"
-run ppo_smoke 180 python3 -m algorithms.ppo_train --env cmat/DB-v0 --model smollm2-135m-instruct --device cuda \
+run ppo_smoke 100 python3 -m algorithms.ppo_train --env cmat/DB-v0 --model smollm2-135m-instruct --device cuda \
     --iterations 2 --episodes-per-iteration 64 --max-turns 3 --max-new-tokens 128 --checker rule \
     --checker-weight 0.1 --output-dir /tmp/ppo_smoke
 cp /tmp/ppo_smoke/metrics.jsonl "$OUT/ppo_smoke_metrics.jsonl" 2>/dev/null || true
