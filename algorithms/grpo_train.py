@@ -54,7 +54,6 @@ the PPO evaluation tasks, before and after training) and ``DIR/tb`` (TensorBoard
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -62,8 +61,6 @@ import os
 import random
 import sys
 import time
-import types
-import typing
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,7 +79,8 @@ from algorithms.common.rollout import (
     mean_or_nan,
     policy_generate_fn,
 )
-from algorithms.ppo_train import EVAL_SEED, _field_docs, _json_safe, derive_seed, save_adapter
+from algorithms.common.script import derive_seed, parse_dataclass_args
+from algorithms.ppo_train import EVAL_SEED, _json_safe, save_adapter
 from cmat_gym.agents.prompts import assistant_system_prompt
 
 TASK_PREFIX = "cmat-task-seed:"
@@ -172,24 +170,8 @@ class Args:
 
 def parse_args(argv: Sequence[str] | None = None) -> Args:
     """``Args`` from the command line (flags as in ppo_train; ``--max-steps`` is ``--iterations``)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m algorithms.grpo_train", description=__doc__.split("\n")[0]
-    )
-    docs, hints = _field_docs(Args), typing.get_type_hints(Args)
-    for f in dataclasses.fields(Args):
-        flags = ["--" + f.name.replace("_", "-")] + (["--max-steps"] if f.name == "iterations" else [])
-        hint = hints[f.name]
-        optional = isinstance(hint, types.UnionType) and type(None) in hint.__args__
-        base = next(a for a in hint.__args__ if a is not type(None)) if optional else hint
-        if base is bool:
-            parser.add_argument(
-                *flags, action=argparse.BooleanOptionalAction, default=f.default, help=docs.get(f.name)
-            )
-        else:
-            parser.add_argument(
-                *flags, type=base, default=f.default, help=docs.get(f.name), metavar=f.name.upper()
-            )
-    return Args(**vars(parser.parse_args(argv)))
+    return parse_dataclass_args(Args, argv, prog="python -m algorithms.grpo_train",
+                                description=__doc__.split("\n")[0], aliases={"iterations": ["--max-steps"]})
 
 
 # --------------------------------------------------------------------------------------------------

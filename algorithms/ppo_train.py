@@ -28,11 +28,8 @@ Only the adapter and the value head are trained; the base weights never change (
 
 from __future__ import annotations
 
-import argparse
-import ast
 import contextlib
 import dataclasses
-import inspect
 import json
 import math
 import os
@@ -40,10 +37,7 @@ import random
 import shutil
 import sys
 import tempfile
-import textwrap
 import time
-import types
-import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +72,7 @@ from algorithms.common.rollout import (
     mean_or_nan,
     policy_generate_fn,
 )
+from algorithms.common.script import derive_seed, parse_dataclass_args
 
 EVAL_SEED = 0x5EED_E7A1  # evaluation tasks do not depend on --seed: every run is scored on the same tasks
 CHECKPOINT_FORMAT = 1
@@ -193,44 +188,10 @@ class Args:
 # --------------------------------------------------------------------------------------------------
 
 
-def _field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each dataclass field (what tyro shows as help), read from the source."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, nxt in zip(body, body[1:], strict=False):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if (
-                isinstance(nxt, ast.Expr)
-                and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)
-            ):
-                docs[node.target.id] = nxt.value.value
-    return docs
-
-
 def parse_args(argv: Sequence[str] | None = None) -> Args:
     """``Args`` from the command line: ``--output-dir DIR`` sets ``output_dir``; booleans are flags."""
-    parser = argparse.ArgumentParser(
-        prog="python -m algorithms.ppo_train", description=__doc__.split("\n")[0]
-    )
-    docs, hints = _field_docs(Args), typing.get_type_hints(Args)
-    for f in dataclasses.fields(Args):
-        flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
-        optional = isinstance(hint, types.UnionType) and type(None) in hint.__args__
-        base = next(a for a in hint.__args__ if a is not type(None)) if optional else hint
-        if base is bool:
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=f.default, help=docs.get(f.name)
-            )
-        else:
-            parser.add_argument(
-                flag, type=base, default=f.default, help=docs.get(f.name), metavar=f.name.upper()
-            )
-    return Args(**vars(parser.parse_args(argv)))
+    return parse_dataclass_args(Args, argv, prog="python -m algorithms.ppo_train",
+                                description=__doc__.split("\n")[0])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,9 +199,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Args:
 # --------------------------------------------------------------------------------------------------
 
 
-def derive_seed(*parts: int) -> int:
-    """A 31-bit seed from integers (independent streams for tasks, sampling, shuffling, evaluation)."""
-    return int(np.random.SeedSequence([int(p) % 2**32 for p in parts]).generate_state(1)[0]) % 2**31
+
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:

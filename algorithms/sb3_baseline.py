@@ -28,18 +28,12 @@ command: docs/training.md, "SB3 baseline".
 
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
 import functools
-import inspect
 import json
 import re
 import sys
-import textwrap
 import time
-import types
-import typing
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +44,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from algorithms.common.script import parse_dataclass_args
 from cmat_gym.core.task import Task
 from cmat_gym.domains.db.env import GRAMMAR, DBEnv
 from cmat_gym.evaluation import wilson_interval
@@ -910,38 +905,10 @@ class Args:
     """SB3 verbosity (1 prints a table per rollout)"""
 
 
-def _field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each dataclass field, read from the source (what ``--help`` prints)."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
-    return {
-        node.target.id: nxt.value.value
-        for node, nxt in zip(body, body[1:], strict=False)
-        if isinstance(node, ast.AnnAssign)
-        and isinstance(node.target, ast.Name)
-        and isinstance(nxt, ast.Expr)
-        and isinstance(nxt.value, ast.Constant)
-    }
-
-
 def parse_args(argv: Sequence[str] | None = None) -> Args:
     """``Args`` from the command line (``--total-timesteps N``; booleans as ``--x`` / ``--no-x``)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m algorithms.sb3_baseline", description=__doc__.split("\n")[0]
-    )
-    docs, hints = _field_docs(Args), typing.get_type_hints(Args)
-    for f in dataclasses.fields(Args):
-        flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
-        optional = isinstance(hint, types.UnionType)
-        base = next(a for a in hint.__args__ if a is not type(None)) if optional else hint
-        if base is bool:
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=f.default, help=docs.get(f.name)
-            )
-        else:
-            parser.add_argument(
-                flag, type=base, default=f.default, help=docs.get(f.name), metavar=f.name.upper()
-            )
-    return Args(**vars(parser.parse_args(argv)))
+    return parse_dataclass_args(Args, argv, prog="python -m algorithms.sb3_baseline",
+                                description=__doc__.split("\n")[0])
 
 
 def make_task_pool(n: int, difficulty: int | None, seed: int) -> list[Task]:

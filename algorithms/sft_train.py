@@ -39,18 +39,12 @@ template): they stay in the context, but the model is not taught to make the mis
 
 from __future__ import annotations
 
-import argparse
-import ast
 import copy
 import dataclasses
-import inspect
 import json
 import random
 import re
-import textwrap
 import time
-import types
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +54,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from algorithms.common.script import derive_seed, parse_dataclass_args
 from cmat_gym.agents.prompts import assistant_system_prompt
 
 
@@ -127,49 +122,13 @@ class Args:
 # --------------------------------------------------------------------------------------------------
 
 
-def _field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each dataclass field, read from the source."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, nxt in zip(body, body[1:], strict=False):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if (
-                isinstance(nxt, ast.Expr)
-                and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)
-            ):
-                docs[node.target.id] = nxt.value.value
-    return docs
-
-
 def parse_args(argv: Sequence[str] | None = None) -> Args:
     """``Args`` from the command line: ``--output-dir DIR`` sets ``output_dir``; booleans are flags."""
-    parser = argparse.ArgumentParser(
-        prog="python -m algorithms.sft_train", description=__doc__.split("\n")[0]
-    )
-    docs, hints = _field_docs(Args), typing.get_type_hints(Args)
-    for f in dataclasses.fields(Args):
-        flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
-        optional = isinstance(hint, types.UnionType) and type(None) in hint.__args__
-        base = next(a for a in hint.__args__ if a is not type(None)) if optional else hint
-        if base is bool:
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=f.default, help=docs.get(f.name)
-            )
-        else:
-            parser.add_argument(
-                flag, type=base, default=f.default, help=docs.get(f.name), metavar=f.name.upper()
-            )
-    return Args(**vars(parser.parse_args(argv)))
+    return parse_dataclass_args(Args, argv, prog="python -m algorithms.sft_train",
+                                description=__doc__.split("\n")[0])
 
 
-def derive_seed(*parts: int) -> int:
-    """A 31-bit seed from integers (independent streams for tasks, flaws, reflection sources)."""
-    return int(np.random.SeedSequence([int(p) % 2**32 for p in parts]).generate_state(1)[0]) % 2**31
+
 
 
 # --------------------------------------------------------------------------------------------------
