@@ -94,6 +94,14 @@ def _peak_memory(device: str) -> dict[str, Any]:
     return {"peak_mem_gb": rss / scale, "peak_mem_kind": "cpu ru_maxrss"}
 
 
+def common_args(a: argparse.Namespace, out: Path, iterations: int) -> dict[str, Any]:
+    """The settings PPO and GRPO share (same flag names in both scripts): the same env, model and batch."""
+    return dict(env=a.env, model=a.model, output_dir=str(out), iterations=iterations, seed=a.seed,
+                device=a.device, dtype=a.dtype, progress=False, checker=a.checker,
+                checker_weight=a.checker_weight, episodes_per_iteration=a.episodes, max_turns=a.max_turns,
+                max_new_tokens=a.max_new_tokens, max_seq_len=a.max_seq_len)
+
+
 def run_ppo(a: argparse.Namespace, out: Path) -> dict[str, Any]:
     from algorithms import ppo_train
 
@@ -110,20 +118,7 @@ def run_ppo(a: argparse.Namespace, out: Path) -> dict[str, Any]:
         iterations = a.warmup + 1
         result = ppo_train.train(
             ppo_train.Args(
-                env=a.env,
-                model=a.model,
-                output_dir=str(out),
-                iterations=iterations,
-                seed=a.seed,
-                device=a.device,
-                dtype=a.dtype,
-                progress=False,
-                checker=a.checker,
-                checker_weight=a.checker_weight,
-                episodes_per_iteration=a.episodes,
-                max_turns=a.max_turns,
-                max_new_tokens=a.max_new_tokens,
-                max_seq_len=a.max_seq_len,
+                **common_args(a, out, iterations),
                 ppo_epochs=a.epochs,
                 minibatch_size=a.episodes,
                 micro_batch_size=a.micro_batch_size,
@@ -151,21 +146,8 @@ def run_grpo(a: argparse.Namespace, out: Path, backend: str) -> dict[str, Any]:
     iterations = a.warmup + 1
     result = grpo_train.train(
         grpo_train.Args(
-            env=a.env,
-            model=a.model,
-            output_dir=str(out),
-            iterations=iterations,
-            seed=a.seed,
-            device=a.device,
-            dtype=a.dtype,
-            progress=False,
-            checker=a.checker,
-            checker_weight=a.checker_weight,
-            episodes_per_iteration=a.episodes,
+            **common_args(a, out, iterations),
             num_generations=a.num_generations,
-            max_turns=a.max_turns,
-            max_new_tokens=a.max_new_tokens,
-            max_seq_len=a.max_seq_len,
             rollout_backend=backend,
             grpo_epochs=a.epochs,
             micro_batch_size=a.micro_batch_size,
