@@ -111,9 +111,8 @@ def stage_command(stage: str, out: Path, preset: dict[str, list[str]], args: arg
         agent = stage.removeprefix("eval-")
         adapter = [] if agent == "zero-shot" else ["--adapter", str(out / agent / "adapter")]
         threads = [] if args.threads is None else ["--threads", str(args.threads)]
-        device = preset["common"][1]
         return [PY, str(REPO / "benchmarks" / "agentbench_table.py"), "--policy", EVAL_POLICY.get(args.model, args.model), "--envs", "DB",
-                "--seed", "0", *preset["eval"], *adapter, "--device", device, *threads, "--quiet",
+                "--seed", "0", *preset["eval"], *adapter, *preset["common"], *threads, "--quiet",
                 "--json", str(out / "eval" / f"{agent}.json")]
     raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
