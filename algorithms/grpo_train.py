@@ -70,6 +70,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from algorithms.common.checkpoint import save_adapter
+from algorithms.common.metrics import append_jsonl, json_safe
 from algorithms.common.rollout import (
     ChatFragments,
     Episode,
@@ -79,8 +81,7 @@ from algorithms.common.rollout import (
     mean_or_nan,
     policy_generate_fn,
 )
-from algorithms.common.script import derive_seed, parse_dataclass_args
-from algorithms.ppo_train import EVAL_SEED, _json_safe, save_adapter
+from algorithms.common.script import EVAL_SEED, derive_seed, parse_dataclass_args
 from cmat_gym.agents.prompts import assistant_system_prompt
 
 TASK_PREFIX = "cmat-task-seed:"
@@ -88,6 +89,8 @@ TASK_PREFIX = "cmat-task-seed:"
 
 @dataclass
 class Args:
+    """Command-line arguments of ``python -m algorithms.grpo_train`` (one flag per field)."""
+
     # ---- experiment
     env: str = "cmat/DB-v0"
     """the domain env id wrapped in the single-agent CMAT loop (only the Assistant acts)"""
@@ -185,6 +188,7 @@ def task_prompt(seed: int) -> str:
 
 
 def task_seed(prompt: Any) -> int:
+    """The task seed a dataset prompt names (the inverse of :func:`task_prompt`)."""
     if not isinstance(prompt, str) or not prompt.startswith(TASK_PREFIX):
         raise ValueError(f"Expects a prompt {TASK_PREFIX}<seed> (see task_dataset), actual {prompt!r}")
     return int(prompt[len(TASK_PREFIX) :])
@@ -402,11 +406,10 @@ def make_callback(out: Path, rollout: CMATRollout, args: Args, rows: list[dict[s
             if self.pending is None or not logs or "loss" not in logs:
                 return
             row = {**self.pending, **{k: v for k, v in logs.items() if isinstance(v, int | float)}}
-            row = {k: _json_safe(v) for k, v in row.items()}
+            row = {k: json_safe(v) for k, v in row.items()}
             self.pending = None
             rows.append(row)
-            with (out / "metrics.jsonl").open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+            append_jsonl(out / "metrics.jsonl", row)
             for key, value in row.items():
                 if isinstance(value, int | float) and key not in ("iteration", "step"):
                     self.writer.add_scalar(f"train/{key}", value, row["step"])
@@ -441,6 +444,7 @@ class TrainResult:
 
 
 def validate(args: Args) -> None:
+    """Raise ValueError for argument combinations GRPOTrainer cannot run (group size, batch split, ...)."""
     E, G, mb = args.episodes_per_iteration, args.num_generations, args.micro_batch_size
     if G < 2 or E % G:
         raise ValueError(f"--num-generations ({G}) must be >= 2 and divide --episodes-per-iteration ({E})")
@@ -589,8 +593,7 @@ def train(args: Args, extra_reward_funcs: Sequence[Any] = ()) -> TrainResult:
             "eval_s": time.perf_counter() - t0,
         }
         evals.append(row)
-        with (out / "eval.jsonl").open("a") as handle:
-            handle.write(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n")
+        append_jsonl(out / "eval.jsonl", row)
         print(f"eval @ {iteration}: success {row['eval_success_rate']:.3f}", flush=True)
 
     if args.eval_episodes:

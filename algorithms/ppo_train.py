@@ -31,8 +31,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
-import os
 import random
 import shutil
 import sys
@@ -48,6 +46,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm, trange
 
+from algorithms.common.checkpoint import atomic_write_text, replace_dir, save_adapter
+from algorithms.common.metrics import append_jsonl, json_safe, plot_learning_curve, read_jsonl, write_jsonl
 from algorithms.common.ppo_core import (
     PPOStats,
     ValueHead,
@@ -72,14 +72,15 @@ from algorithms.common.rollout import (
     mean_or_nan,
     policy_generate_fn,
 )
-from algorithms.common.script import derive_seed, parse_dataclass_args
+from algorithms.common.script import EVAL_SEED, derive_seed, parse_dataclass_args
 
-EVAL_SEED = 0x5EED_E7A1  # evaluation tasks do not depend on --seed: every run is scored on the same tasks
 CHECKPOINT_FORMAT = 1
 
 
 @dataclass
 class Args:
+    """Command-line arguments of ``python -m algorithms.ppo_train`` (one flag per field)."""
+
     # ---- experiment
     env: str = "cmat/DB-v0"
     """the domain env id wrapped in the single-agent CMAT loop (only the Assistant acts)"""
@@ -195,11 +196,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Args:
 
 
 # --------------------------------------------------------------------------------------------------
-# helpers: seeds, forwards, the loss
+# helpers: forwards, the loss
 # --------------------------------------------------------------------------------------------------
-
-
-
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -351,40 +349,13 @@ def score_episodes(
 # --------------------------------------------------------------------------------------------------
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished folder ``tmp`` to ``final``, replacing any old one (rename, then delete the old)."""
-    old = None
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent)) / final.name
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old.parent, ignore_errors=True)
-
-
 def trainable_state(model: nn.Module) -> dict[str, Tensor]:
     """Every trainable parameter of the model (the adapter: LoRA A/B, or the whole P-Tuning encoder)."""
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_adapter(model: Any, path: Path) -> None:
-    """The trained adapter in peft format (loadable with ``LMPolicy.load_adapter``), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    model.save_pretrained(str(tmp), selected_adapters=["default"])
-    _replace_dir(tmp, path)
-
-
 def rng_state() -> dict[str, Any]:
+    """The python, numpy, torch (and CUDA) RNG states, for an exact resume."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -392,6 +363,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore RNG states saved by :func:`rng_state` (CUDA ones only when CUDA is available)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -431,8 +403,8 @@ def save_checkpoint(
         "args": dataclasses.asdict(args),
     }
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    _replace_dir(tmp, root / name)
-    _atomic_write_text(root / "latest", name)
+    replace_dir(tmp, root / name)
+    atomic_write_text(root / "latest", name)
     for old in root.glob("iter-*"):
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
@@ -473,67 +445,6 @@ def load_checkpoint(
 
 
 # --------------------------------------------------------------------------------------------------
-# logging
-# --------------------------------------------------------------------------------------------------
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN/inf: undefined metrics are null
-    return value
-
-
-def read_jsonl(path: Path, max_iteration: int | None = None) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file (those with ``iteration <= max_iteration`` when given)."""
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if max_iteration is None or r["iteration"] <= max_iteration]
-
-
-def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    _atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    with path.open("a") as handle:
-        handle.write(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n")
-        handle.flush()
-
-
-def plot_learning_curve(
-    path: Path, metrics: Sequence[dict[str, Any]], evals: Sequence[dict[str, Any]]
-) -> None:
-    """Success rate and mean score per iteration (training rollouts; greedy test-split evals as markers)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    x = [m["iteration"] for m in metrics]
-    for key, label in (("success_rate", "train success rate"), ("mean_score", "train mean score")):
-        ax.plot(x, [m.get(key) if m.get(key) is not None else float("nan") for m in metrics], label=label)
-    if evals:
-        ax.plot(
-            [e["iteration"] for e in evals],
-            [e["eval_success_rate"] for e in evals],
-            "o--",
-            label="eval success rate (test, greedy)",
-        )
-    ax.set_xlabel("iteration")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best")
-    ax.set_title("PPO learning curve")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-# --------------------------------------------------------------------------------------------------
 # the run
 # --------------------------------------------------------------------------------------------------
 
@@ -549,6 +460,7 @@ class TrainResult:
 
 
 def train(args: Args) -> TrainResult:
+    """Run PPO (resuming from ``output_dir/checkpoint`` with ``--resume``); see the module docstring."""
     from cmat_gym.agents.lm_policy import LMPolicy
     from cmat_gym.cmat.wrapper import make_cmat
 
@@ -850,7 +762,7 @@ def train(args: Args) -> TrainResult:
             result = evaluate(iteration)
             row.update({k: v for k, v in result.items() if k != "iteration"})
 
-        row = {k: _json_safe(v) for k, v in row.items()}
+        row = {k: json_safe(v) for k, v in row.items()}
         metrics.append(row)
         append_jsonl(out / "metrics.jsonl", row)
         for key, value in row.items():

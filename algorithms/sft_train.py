@@ -43,7 +43,6 @@ import copy
 import dataclasses
 import json
 import random
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from tqdm.auto import tqdm
 
 from algorithms.common.script import derive_seed, parse_dataclass_args
 from cmat_gym.agents.prompts import assistant_system_prompt
+from cmat_gym.core.domain import get_domain
 
 
 @dataclass
@@ -183,71 +183,22 @@ def training_tokenizer(tokenizer: Any) -> Any:
 # flawed actions (recovery turns) and failed episodes (reflection sources)
 # --------------------------------------------------------------------------------------------------
 
-_SQL_BLOCK = re.compile(r"```sql\n(.*?)\n```", re.DOTALL)
-
-
-def _typo(name: str, taken: set[str], rng: random.Random) -> str:
-    """A misspelling of ``name`` that is no existing name (case-insensitively): drop, swap or double a letter."""
-    for _ in range(50):
-        chars = list(name)
-        i = rng.randrange(len(chars))
-        op = rng.choice(("drop", "swap", "double")) if len(chars) > 2 else "double"
-        if op == "drop":
-            del chars[max(i, 1)]
-        elif op == "swap" and i < len(chars) - 1 and chars[i] != chars[i + 1]:
-            chars[i], chars[i + 1] = chars[i + 1], chars[i]
-        else:
-            chars.insert(i, chars[i])
-        typo = "".join(chars)
-        if typo.lower() not in taken and "`" not in typo:
-            return typo
-    return name + "_x"
-
-
-def _db_schema(task: Any) -> list[tuple[str, list[str]]]:
-    """``(table, columns)`` of a DB task: the schema the Assistant sees in its first observation."""
-    return [(t["name"], [c[0] for c in t["columns"]]) for t in task.payload.get("tables", [])]
-
-
 def flawed_action(
     task: Any, next_action: str, rng: random.Random, *, near_miss: bool = True
 ) -> tuple[str, str]:
     """``(kind, action)``: a plausible wrong action to play before ``next_action`` (the oracle's).
 
-    DB tasks, ``kind`` drawn from ``column``, ``table``, ``malformed``: with ``near_miss``, and when the
-    oracle's next action is SQL, that SQL with one column or table name misspelled (the checker rejects it
-    with a did-you-mean) or without its fenced code block; otherwise a probe query on a misspelled column or
-    table of the schema, or a malformed one (no fence; before the final answer: the answer without
-    ``Final Answer:``). Misspelled names are written with backticks: SQLite reads an unknown double-quoted
-    name as a string literal, which would not fail. Other domains: the action without its ``Action: ...``
-    header (malformed).
+    The task's domain record gives it (``Domain.flawed_action``; DB: a near miss of the oracle's SQL
+    with one name misspelled, which the checker rejects with a did-you-mean). For a domain without
+    one, or when it has none for this task: the action without its ``Action: ...`` header
+    (``"malformed"``), which no grammar reads.
     """
+    make = get_domain(task.domain).flawed_action
+    flawed = make(task, next_action, rng, near_miss=near_miss) if make is not None else None
+    if flawed is not None:
+        return flawed
     header, _, body = next_action.partition("\n")
-    schema = _db_schema(task) if task.domain == "db" else []
-    if not schema:
-        return "malformed", body if header.startswith("Action:") and body.strip() else "Action: Dance"
-    sql = _SQL_BLOCK.search(next_action) if near_miss else None
-    taken = {n.lower() for table, cols in schema for n in (table, *cols)}
-    kind = rng.choice(("column", "table", "malformed"))
-    table, columns = rng.choice(schema)
-    if kind == "malformed":
-        if sql:
-            return kind, f"Action: Operation\n{sql.group(1)}"
-        if header.strip() == "Action: Answer" and "Final Answer: " in body:
-            return kind, next_action.replace("Final Answer: ", "", 1)
-        return kind, f'Action: Operation\nSELECT * FROM "{table}" LIMIT 3'
-    name = table if kind == "table" or not columns else rng.choice(columns)
-    if sql:  # a near miss: the oracle's own statement with one of its names misspelled
-        names = [n for t, cols in schema for n in ((t,) if kind == "table" else cols)]
-        used = [n for n in names if re.search(rf"[\"`]{re.escape(n)}[\"`]", sql.group(1))]
-        if used:
-            name = rng.choice(used)
-            typo = _typo(name, taken, rng)
-            fixed = re.sub(rf"[\"`]{re.escape(name)}[\"`]", f"`{typo}`", sql.group(1), count=1)
-            return kind, f"Action: Operation\n```sql\n{fixed}\n```"
-    typo = _typo(name, taken, rng)
-    query = f"SELECT * FROM `{typo}` LIMIT 3" if name == table else f"SELECT `{typo}` FROM `{table}` LIMIT 3"
-    return kind, f"Action: Operation\n```sql\n{query}\n```"
+    return "malformed", body if header.startswith("Action:") and body.strip() else "Action: Dance"
 
 
 def populate_reflections(args: Args, store: Any) -> int:
@@ -266,7 +217,7 @@ def populate_reflections(args: Args, store: Any) -> int:
         rng = random.Random(derive_seed(args.seed, 3, i))
         _, _ = env.reset(seed=derive_seed(args.seed, 2, i), options=_reset_options(args))
         oracle.reset()
-        first = oracle.act([""], [env.task])[0]
+        first = oracle.act([""], tasks=[env.task])[0]
         _, action = flawed_action(env.task, first, rng, near_miss=False)
         _, _, terminated, truncated, _ = env.step(action)
         if not (terminated or truncated):
@@ -328,7 +279,7 @@ def collect(args: Args) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         flawed_turns: list[int] = []
         flaw_kind, recovered, step, done, info = "", False, 0, False, {}
         while not done:
-            action = oracle.act([observation], [task])[0]
+            action = oracle.act([observation], tasks=[task])[0]
             if step == flaw_at:  # ---- one deliberate mistake, then the oracle's action on the next turn
                 flaw_kind, bad = flawed_action(task, action, rng)
                 flawed_turns.append(len(messages))

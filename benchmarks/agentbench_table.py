@@ -1,22 +1,24 @@
 """Task success in the layout of AgentBench's table: rows = agents, columns = task sources + overall.
 
-    python benchmarks/agentbench_table.py --policy oracle random smollm2 --envs DB --episodes 30 \\
-        [--dbbench PATH] [--dbbench-tasks K] [--max-rounds R] [--adapter PATH] [--ablations [VARIANT ...]] \\
-        [--batch-size B] [--max-new-tokens M] [--threads T] [--json PATH]
+    python benchmarks/agentbench_table.py --policy oracle random smollm2 --envs DB OS --episodes 30 \\
+        [--agentbench-dir DIR] [--agentbench-file TITLE=PATH] [--agentbench-tasks K] [--max-rounds R] \\
+        [--adapter PATH] [--ablations [VARIANT ...]] [--batch-size B] [--max-new-tokens M] [--threads T] \\
+        [--json PATH]
 
-Sources of the DB domain:
+Sources of each domain in ``--envs`` (the titles of registered domains, ``cmat-gym list``; default all):
 
-* **DB-v0 test**: ``--episodes`` procedural tasks of the held-out test split, difficulty mixed
+* **<Title>-v0 test**: ``--episodes`` procedural tasks of the held-out test split, difficulty mixed
   (episode i resets with ``seed + i``);
-* **dbbench dev**: the AgentBench dbbench dev file (``../shared/agentbench/dbbench/dev.jsonl`` next
-  to the repository, or ``--dbbench PATH``; skipped with a message when absent), all 60 tasks, or an
-  evenly spaced subset of ``--dbbench-tasks K`` (the file is sorted by task type, so every type stays).
+* **its AgentBench dev split** (the domain record's ``agentbench``, e.g. dbbench dev): the file under
+  ``--agentbench-dir`` (default ``../shared/agentbench`` next to the repository) or the one given by
+  ``--agentbench-file TITLE=PATH``; skipped with a message when absent. All tasks, or an evenly spaced
+  subset of ``--agentbench-tasks K`` (files are sorted by task type, so every type stays).
 
 Each cell is the success rate with its 95% Wilson interval; **overall** pools the episodes of all
-sources. **DB headline** is AgentBench's own DB metric on the dbbench file (``overall_cat_accuracy``:
-the mean of the SELECT, INSERT and UPDATE accuracies, SELECT being every non-mutation kind; a kind
-absent from the tasks counts 0, as in AgentBench). **format errors**: the fraction of steps whose
-action did not parse, and of episodes with at least one such step.
+sources. **headline** is AgentBench's own metric of a domain on its dev split, where the domain
+defines one (DB: ``overall_cat_accuracy``, the mean of the SELECT, INSERT and UPDATE accuracies).
+**format errors**: the fraction of steps whose action did not parse, and of episodes with at least
+one such step.
 
 ``--ablations`` adds the CMAT variants of each agent side by side: the loop with no checker, with
 the rule checker, with an LLM checker (``--checker-model``, default the agent's own model, else
@@ -45,8 +47,8 @@ from typing import Any
 import cmat_gym  # noqa: F401  (registers the envs)
 from cmat_gym.agents.policies import Policy, is_model_policy, make_policy
 from cmat_gym.cmat.memory import ReflectionStore
-from cmat_gym.domains.db.agentbench import MUTATION_KINDS
-from cmat_gym.domains.db.env import DBEnv
+from cmat_gym.core.domain import Domain, domain_of_env, registered_domains
+from cmat_gym.core.task import Task
 from cmat_gym.evaluation import (
     EpisodeResult,
     env_factory,
@@ -56,9 +58,7 @@ from cmat_gym.evaluation import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DBBENCH = REPO.parent / "shared" / "agentbench" / "dbbench" / "dev.jsonl"
-DOMAINS = ("DB",)
-HEADLINE_CATEGORIES = ("SELECT", "INSERT", "UPDATE")
+DEFAULT_AGENTBENCH_DIR = REPO.parent / "shared" / "agentbench"
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,8 @@ class Source:
     env_kwargs: dict[str, Any]
     episodes: int
     task_indices: list[int] | None = None
-    kinds: dict[str, str] = field(default_factory=dict)  # task_id -> AgentBench type (file sources)
+    domain: Domain | None = None  # file sources: the domain whose AgentBench headline applies
+    tasks: dict[str, Task] = field(default_factory=dict)  # task_id -> Task (file sources)
 
 
 @dataclass(frozen=True)
@@ -92,45 +93,53 @@ ABLATIONS = {  # --ablations name -> variant
 }
 
 
-def sources(domains: Sequence[str], episodes: int, dbbench: Path, dbbench_tasks: int | None,
-            max_rounds: int | None = None) -> list[Source]:
+def domains_named(titles: Sequence[str] | None) -> list[Domain]:
+    """The registered domains with these titles (all when None); SystemExit naming the known ones."""
+    known = {d.title: d for d in registered_domains()}
+    if not titles:
+        return list(known.values())
+    unknown = [t for t in titles if t not in known]
+    if unknown:
+        raise SystemExit(f"unknown domain(s) {unknown}; registered: {', '.join(known)}")
+    return [known[t] for t in titles]
+
+
+def sources(domains: Sequence[Domain], episodes: int, agentbench_dir: Path, files: dict[str, Path],
+            agentbench_tasks: int | None, max_rounds: int | None = None) -> list[Source]:
     """The task sources of ``domains`` (prints why a source is skipped)."""
     found = []
     rounds = {} if max_rounds is None else {"max_rounds": max_rounds}
     for domain in domains:
-        if domain != "DB":
-            raise SystemExit(f"domain {domain!r} is not implemented yet; available: {', '.join(DOMAINS)}")
-        found.append(Source("DB-v0 test", "cmat/DB-v0", {"split": "test", **rounds}, episodes))
-        if dbbench_tasks == 0:
-            print("('dbbench dev' skipped: --dbbench-tasks 0)")
+        found.append(Source(f"{domain.title}-v0 test", domain.env_id, {"split": "test", **rounds}, episodes))
+        split = domain.agentbench
+        if split is None:
             continue
-        if not dbbench.is_file():
-            print(f"(AgentBench dbbench file not found at {dbbench}: 'dbbench dev' skipped)")
+        if agentbench_tasks == 0:
+            print(f"('{split.name}' skipped: --agentbench-tasks 0)")
             continue
-        tasks = DBEnv.load_tasks(str(dbbench))
-        n = len(tasks) if dbbench_tasks is None else min(dbbench_tasks, len(tasks))
+        path = files.get(domain.title, agentbench_dir / split.path)
+        if not path.is_file():
+            print(f"(AgentBench file not found at {path}: '{split.name}' skipped)")
+            continue
+        tasks = domain.env_class.load_tasks(str(path))
+        n = len(tasks) if agentbench_tasks is None else min(agentbench_tasks, len(tasks))
         indices = [i * len(tasks) // n for i in range(n)]  # evenly spaced: the file is sorted by type
-        kinds = {t.task_id: t.payload["kind"] for t in tasks}
-        found.append(Source("dbbench dev", "cmat/DB-v0", {"tasks": str(dbbench), **rounds}, n, indices, kinds))
+        found.append(Source(split.name, domain.env_id, {"tasks": str(path), **rounds}, n, indices, domain,
+                            {t.task_id: t for t in tasks}))
     return found
 
 
-def db_headline(results: Sequence[EpisodeResult], kinds: dict[str, str]) -> dict[str, Any]:
-    """AgentBench's ``overall_cat_accuracy``: mean of the SELECT, INSERT and UPDATE accuracies."""
-    per: dict[str, list[bool]] = {c: [] for c in HEADLINE_CATEGORIES}
-    for r in results:
-        kind = kinds[r.task_id]
-        category = kind if kind in MUTATION_KINDS else "SELECT"
-        if category in per:  # DELETE is in none of AgentBench's three categories
-            per[category].append(r.success)
-    accuracy = {c: (sum(v) / len(v) if v else 0.0) for c, v in per.items()}  # absent: 0, as AgentBench
-    return {"headline": sum(accuracy.values()) / len(accuracy), "accuracy": accuracy,
-            "counts": {c: len(v) for c, v in per.items()}}
+def headline(source: Source, results: Sequence[EpisodeResult]) -> dict[str, Any] | None:
+    """The domain's AgentBench headline on a file source (None when it defines none)."""
+    split = source.domain.agentbench if source.domain is not None else None
+    if split is None or split.headline is None:
+        return None
+    return split.headline([source.tasks[r.task_id] for r in results], [r.success for r in results])
 
 
 # ------------------------------------------------------------------------------ running
 def run_row(
-    name: str, variant: Variant, srcs: Sequence[Source], get_policy: Callable[[], Policy],
+    name: str, variant: Variant, srcs: Sequence[Source], get_policy: Callable[[str], Policy],
     args: argparse.Namespace, critic: Callable[[Policy], Any],
 ) -> dict[str, Any]:
     """Every source for one agent (policy + variant): results, summaries, timing."""
@@ -138,7 +147,7 @@ def run_row(
                            "cmat": variant.cmat, "checker": variant.checker if variant.cmat else None,
                            "memory": variant.memory, "sources": {}}
     for source in srcs:
-        policy = get_policy()
+        policy = get_policy(domain_of_env(source.env_id).name)
         memory = ReflectionStore(None, mode="rw") if variant.memory else None
         lm = critic(policy) if variant.cmat and variant.checker == "llm" else None
         factory = env_factory(source.env_id, cmat=variant.cmat, checker=variant.checker, checker_policy=lm,
@@ -158,8 +167,9 @@ def run_row(
         if memory is not None:
             cell["memory"] = memory.describe()
             memory.close()
-        if source.kinds:
-            cell["db_headline"] = db_headline(results, source.kinds)
+        summary = headline(source, results)
+        if summary is not None:
+            cell["headline"] = summary
         row["sources"][source.name] = cell
         print(f"  {row['agent']:<44} {source.name:<12} {cell['successes']:>3}/{cell['episodes']:<3} "
               f"in {wall:7.1f} s ({cell['episodes_per_s']:.2f} episodes/s)", flush=True)
@@ -175,25 +185,30 @@ def _rate(summary: dict[str, Any]) -> str:
 
 
 def format_table(rows: Sequence[dict[str, Any]], srcs: Sequence[Source]) -> str:
-    """The AgentBench-style table, the DB headline breakdown, and the CMAT and timing details."""
+    """The AgentBench-style table, the headline breakdowns, and the CMAT and timing details."""
     names = [s.name for s in srcs]
     width = max(28, *(len(r["agent"]) for r in rows))
     head = [f"{'agent':<{width}}"] + [f"{f'{n} ({s.episodes})':>22}" for n, s in zip(names, srcs, strict=True)]
-    head += [f"{'overall':>22}", f"{'DB headline':>11}", f"{'format errors':>22}"]
+    head += [f"{'overall':>22}", f"{'headline':>11}", f"{'format errors':>22}"]
     lines = [" | ".join(head), "-" * len(" | ".join(head))]
     for r in rows:
         cells = [f"{r['agent']:<{width}}"] + [f"{_rate(r['sources'][n]):>22}" for n in names]
-        headline = next((c["db_headline"]["headline"] for c in r["sources"].values() if "db_headline" in c), None)
+        found = [c["headline"]["headline"] for c in r["sources"].values() if "headline" in c]
+        best = sum(found) / len(found) if found else None  # the mean over domains, as AgentBench's overall
         o = r["overall"]
         errors = f"{o['format_error_rate']:.1%} steps, {o['episodes_with_format_error']:.0%} ep"
-        cells += [f"{_rate(o):>22}", f"{'-' if headline is None else f'{headline:.3f}':>11}", f"{errors:>22}"]
+        cells += [f"{_rate(o):>22}", f"{'-' if best is None else f'{best:.3f}':>11}", f"{errors:>22}"]
         lines.append(" | ".join(cells))
 
-    with_headline = [(r, c["db_headline"]) for r in rows for c in r["sources"].values() if "db_headline" in c]
-    if with_headline:
-        lines += ["", "AgentBench DB headline on the dbbench file (overall_cat_accuracy = mean of the three):"]
+    for source in srcs:
+        split = source.domain.agentbench if source.domain is not None else None
+        with_headline = [(r, r["sources"][source.name]["headline"]) for r in rows
+                         if "headline" in r["sources"].get(source.name, {})]
+        if split is None or not with_headline:
+            continue
+        lines += ["", f"AgentBench headline on {source.name} ({split.headline_doc}):"]
         for r, h in with_headline:
-            parts = [f"{c} {h['accuracy'][c]:.3f} (n={h['counts'][c]})" for c in HEADLINE_CATEGORIES]
+            parts = [f"{c} {a:.3f} (n={h['counts'][c]})" for c, a in h["accuracy"].items()]
             lines.append(f"  {r['agent']:<{width}}  " + ", ".join(parts) + f"  -> {h['headline']:.3f}")
 
     cmat_rows = [r for r in rows if r["cmat"]]
@@ -224,13 +239,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", nargs="+", default=["oracle", "random"],
                         help="agents (rows): oracle, random, smollm2, tiny-random or model folders")
-    parser.add_argument("--envs", nargs="+", default=["DB"], help=f"domains (available: {', '.join(DOMAINS)})")
-    parser.add_argument("--episodes", type=int, default=30, help="procedural DB-v0 test episodes per agent")
-    parser.add_argument("--dbbench", type=Path, default=DEFAULT_DBBENCH, help="the AgentBench dbbench file")
-    parser.add_argument("--dbbench-tasks", type=int, default=None,
-                        help="play an evenly spaced subset of this many dbbench tasks (default: all; 0: none)")
+    parser.add_argument("--envs", nargs="+", default=None, metavar="TITLE",
+                        help="domains by title (default: every registered one: "
+                             f"{', '.join(d.title for d in registered_domains())})")
+    parser.add_argument("--episodes", type=int, default=30, help="procedural test episodes per agent and domain")
+    parser.add_argument("--agentbench-dir", type=Path, default=DEFAULT_AGENTBENCH_DIR,
+                        help="the folder of AgentBench's data files (default ../shared/agentbench)")
+    parser.add_argument("--agentbench-file", action="append", default=[], metavar="TITLE=PATH",
+                        help="a domain's AgentBench file, e.g. DB=path/to/dev.jsonl (repeatable)")
+    parser.add_argument("--agentbench-tasks", "--dbbench-tasks", type=int, default=None, dest="agentbench_tasks",
+                        help="play an evenly spaced subset of this many AgentBench tasks per domain "
+                             "(default: all; 0: none)")
     parser.add_argument("--max-rounds", type=int, default=None,
-                        help="actions per episode before truncation, for every agent (default: the env's, 20)")
+                        help="actions per episode before truncation, for every agent (default: each env's own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ablations", nargs="*", default=None, choices=sorted(ABLATIONS), metavar="VARIANT",
                         help="add CMAT variants of each agent: none (no checker), rule, llm, memory (rule checker "
@@ -245,29 +266,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write every figure and result as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    if args.episodes < 1 or args.batch_size < 1 or (args.dbbench_tasks or 0) < 0 or (args.max_rounds or 1) < 1:
-        parser.error("--episodes, --batch-size and --max-rounds must be at least 1, --dbbench-tasks at least 0")
+    if args.episodes < 1 or args.batch_size < 1 or (args.agentbench_tasks or 0) < 0 or (args.max_rounds or 1) < 1:
+        parser.error("--episodes, --batch-size and --max-rounds must be at least 1, --agentbench-tasks at least 0")
+    files = {}
+    for item in args.agentbench_file:
+        title, sep, path = item.partition("=")
+        if not sep or not path:
+            parser.error(f"--agentbench-file expects TITLE=PATH, got {item!r}")
+        files[title] = Path(path)
 
     command = "python benchmarks/agentbench_table.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    srcs = sources(args.envs, args.episodes, args.dbbench, args.dbbench_tasks, args.max_rounds)
+    domains = domains_named(args.envs)
+    srcs = sources(domains, args.episodes, args.agentbench_dir, files, args.agentbench_tasks, args.max_rounds)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f}, Python {platform.python_version()}"
     print(f"command: {command}\nmachine: {machine}")
     print("measured: " + "; ".join(f"{s.name}: {s.episodes} episodes" for s in srcs)
-          + f"; seed {args.seed}; batch size {args.batch_size}; max rounds {args.max_rounds or 'the env default (20)'}")
+          + f"; seed {args.seed}; batch size {args.batch_size}; max rounds {args.max_rounds or 'each env default'}")
 
     models: dict[str, Policy] = {}
 
-    def policy_for(name: str) -> Callable[[], Policy]:
+    def policy_for(name: str) -> Callable[[str], Policy]:
         if not is_model_policy(name):
-            return lambda: make_policy(name, seed=args.seed)  # fresh per run: reproducible rows
+            return lambda domain: make_policy(name, seed=args.seed, domain=domain)  # fresh per run: reproducible
         if name not in models:
+            first = domains[0].name
             models[name] = make_policy(name, adapter=args.adapter, max_new_tokens=args.max_new_tokens,
-                                       max_batch=args.batch_size, device=args.device, threads=args.threads)
+                                       max_batch=args.batch_size, device=args.device, threads=args.threads,
+                                       domain=first)
             lm = models[name].lm  # type: ignore[attr-defined]
             print(f"model: {name} on {lm.model.device}, greedy, max {args.max_new_tokens} new tokens"
                   + (f", adapter {args.adapter}" if args.adapter else ""))
-        return lambda: models[name]
+        # One model, one agent per domain (each domain's system prompt), so tokens add up per agent.
+        return lambda domain: models[name].for_domain(domain)  # type: ignore[attr-defined]
 
     critics: dict[str, Any] = {}
 

@@ -50,7 +50,7 @@ PRESETS: dict[str, dict[str, list[str]]] = {
                "--max-seq-len", "1024"],
         "ppo": ["--ppo-epochs", "1", "--minibatch-size", "8", "--checkpoint-every", "1"],
         "grpo": ["--num-generations", "4"],
-        "eval": ["--episodes", "32", "--dbbench-tasks", "12", "--max-rounds", "5", "--max-new-tokens", "128",
+        "eval": ["--episodes", "32", "--agentbench-tasks", "12", "--max-rounds", "5", "--max-new-tokens", "128",
                  "--batch-size", "16"],
     },
     # the whole pipeline in about a minute with the tiny random model (tests/benchmarks/test_train_demo.py)
@@ -61,7 +61,7 @@ PRESETS: dict[str, dict[str, list[str]]] = {
                "--max-new-tokens", "8", "--micro-batch-size", "2"],
         "ppo": ["--ppo-epochs", "1", "--minibatch-size", "4"],
         "grpo": ["--num-generations", "2"],
-        "eval": ["--episodes", "2", "--dbbench-tasks", "3", "--max-rounds", "2", "--max-new-tokens", "8",
+        "eval": ["--episodes", "2", "--agentbench-tasks", "3", "--max-rounds", "2", "--max-new-tokens", "8",
                  "--batch-size", "4"],
     },
     "gpu": {
@@ -71,7 +71,7 @@ PRESETS: dict[str, dict[str, list[str]]] = {
                "--max-new-tokens", "128", "--learning-rate", "5e-5"],
         "ppo": ["--checkpoint-every", "5"],
         "grpo": ["--num-generations", "8"],
-        "eval": ["--episodes", "200", "--dbbench-tasks", "60", "--max-rounds", "5", "--max-new-tokens", "128",
+        "eval": ["--episodes", "200", "--agentbench-tasks", "60", "--max-rounds", "5", "--max-new-tokens", "128",
                  "--batch-size", "64"],
     },
 }
@@ -158,8 +158,8 @@ def summarize(out: Path) -> dict[str, Any]:
             for name, cell in ev["sources"].items():
                 row[name] = {k: cell[k] for k in ("episodes", "successes", "success_rate", "ci95", "mean_steps",
                                                    "format_error_rate", "wall_s")}
-                if "db_headline" in cell:
-                    row["db_headline"] = cell["db_headline"]["headline"]
+                if "headline" in cell:
+                    row["db_headline"] = cell["headline"]["headline"]
             row["overall"] = ev["overall"]
         metrics = out / agent / "metrics.jsonl"
         if metrics.is_file():

@@ -5,10 +5,11 @@
 calling the import unused, and ``gym.make("cmat_gym:cmat/DB-v0")`` imports the package itself).
 """
 
-from cmat_gym.core import Evaluation, Task, TextEnv
+from cmat_gym.core import Domain, Evaluation, Task, TextEnv, get_domain, register_domain, registered_domains
 from cmat_gym.registration import register_envs
 
 __version__ = "0.1.0"
-__all__ = ["Evaluation", "Task", "TextEnv", "__version__", "register_envs"]
+__all__ = ["Domain", "Evaluation", "Task", "TextEnv", "__version__", "get_domain", "register_domain",
+           "register_envs", "registered_domains"]
 
 register_envs()

@@ -15,7 +15,6 @@ status 2; it never shows a traceback.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import re
@@ -30,6 +29,8 @@ import cmat_gym
 from cmat_gym import evaluation
 from cmat_gym.agents.policies import POLICIES, Policy, is_model_policy, make_policy
 from cmat_gym.cmat.memory import ReflectionStore
+from cmat_gym.core.actions import ActionError
+from cmat_gym.core.domain import domain_of_env, registered_domains
 from cmat_gym.evaluation import EpisodeResult, run_episodes, summarize, summarize_cmat
 
 ENV_PREFIX = "cmat/"
@@ -112,24 +113,21 @@ def registered_env_ids() -> list[str]:
     return sorted(env_id for env_id in gym.registry if env_id.startswith(ENV_PREFIX))
 
 
-def describe_env(env_id: str) -> str:
-    """The first line of the env class's docstring."""
-    entry_point = gym.registry[env_id].entry_point
-    if isinstance(entry_point, str):
-        module_name, _, attribute = entry_point.partition(":")
-        entry_point = getattr(importlib.import_module(module_name), attribute)
-    doc = (getattr(entry_point, "__doc__", None) or "").strip()
-    return doc.splitlines()[0] if doc else ""
-
-
 # ---------------------------------------------------------------------------------- list
 def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
-    """Print each registered env id with its one-line description."""
-    ids = registered_env_ids()
-    width = max(map(len, ids), default=0)
-    for env_id in ids:
-        steps = gym.registry[env_id].max_episode_steps
-        out.write(f"{env_id.ljust(width)}  {describe_env(env_id)} (max {steps} steps)\n")
+    """Print every registered domain's envs: Gymnasium (bare and CMAT loop) and PettingZoo."""
+    rows = []
+    for domain in registered_domains():
+        tags = f" [{', '.join(domain.tags)}]" if domain.tags else ""
+        limit = f"max {domain.max_rounds} actions"
+        rows.append((domain.env_id, "gymnasium", f"{domain.describe()} ({limit}){tags}"))
+        rows.append((domain.cmat_env_id, "gymnasium", f"the CMAT loop around {domain.env_id}: a checker "
+                                                      f"reviews each action ({limit})"))
+        rows.append((domain.env_id, "pettingzoo", "the CMAT loop, agents user_0, assistant_0, checker_0 "
+                                                  "(pettingzoo.make('aec' or 'parallel', id))"))
+    width = max((len(r[0]) for r in rows), default=0)
+    for env_id, kind, text in rows:
+        out.write(f"{env_id.ljust(width)}  {kind.ljust(10)}  {text}\n")
     return 0
 
 
@@ -137,7 +135,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
 PLAY_HELP = """\
 Type an action, then an empty line to send it. Shortcuts: a line starting with 'Final Answer:'
 or a one-line JSON tool call is sent at once; text without 'Action:', a code fence or JSON is
-sent as the operation itself (for DB-v0: plain SQL). Ctrl-D quits."""
+sent as the operation itself (DB-v0: plain SQL; OS-v0: a shell command). Ctrl-D quits."""
 
 
 def read_action(stream: TextIO) -> str | None:
@@ -179,11 +177,17 @@ _ACTION_OR_ANSWER = re.compile(r"^\s*(action|final\s*answer)\s*[:：]", re.IGNOR
 
 
 def as_operation(text: str, env: gym.Env) -> str:
-    """Wrap plain text (no ``Action:`` line, fence, JSON or final answer) as the env's operation tool call."""
+    """Plain text (not a call the grammar reads, no ``Action:`` line, fence or JSON) as a call of the
+    env's first operation tool, when that tool takes one string (DB-v0: SQL; OS-v0: a command)."""
+    grammar = env.unwrapped.grammar
     if _ACTION_OR_ANSWER.search(text) or "```" in text or text.lstrip().startswith("{"):
         return text
-    grammar = env.unwrapped.grammar
-    return json.dumps({"tool": grammar.operation_tool, "args": {grammar.operation_arg: text}})
+    if not isinstance(grammar.parse(text), ActionError):
+        return text  # already a call in one of the grammar's text forms (e.g. search[shoes])
+    tool = grammar.operation_tools[0] if grammar.operation_tools else None
+    if tool is None or len(tool.args) != 1 or tool.args[0].type != "string":
+        return text
+    return grammar.call_json(tool.name, **{tool.args[0].name: text})
 
 
 def cmd_play(args: argparse.Namespace, out: TextIO, stdin: TextIO) -> int:
@@ -247,12 +251,15 @@ def add_cmat_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--memory-mode", default="rw", choices=("rw", "ro"),
                        help="rw: write reflections after failed episodes; ro: frozen (default rw)")
     group.add_argument("--max-rounds", type=int, default=None,
-                       help="actions per episode before truncation (default: the env's, 20 for DB-v0)")
+                       help="actions per episode before truncation (default: the env's own limit; "
+                            "see cmat-gym list)")
 
 
 def build_policy(args: argparse.Namespace) -> Policy:
-    """The policy ``--policy`` names, with the model flags for language-model policies."""
-    kwargs: dict[str, Any] = {"seed": args.seed}
+    """The policy ``--policy`` names, speaking the grammar of ``--env``'s domain, with the model flags
+    for language-model policies."""
+    registered_or_fail(args.env)
+    kwargs: dict[str, Any] = {"seed": args.seed, "domain": domain_of_env(args.env).name}
     if is_model_policy(args.policy):
         kwargs.update(adapter=args.adapter, max_new_tokens=args.max_new_tokens, max_batch=args.batch_size,
                       device=args.device, threads=args.threads)

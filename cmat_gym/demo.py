@@ -24,8 +24,10 @@ import gymnasium as gym
 
 from cmat_gym import cli
 from cmat_gym.agents.policies import make_policy
+from cmat_gym.core.domain import domain_of_env
 from cmat_gym.evaluation import EpisodeResult, env_factory, run_episodes, summarize, summarize_cmat
 
+DEMO_ENV = "cmat/DB-v0"
 REFERENCE_POLICIES = ("oracle", "random")
 AGENTBENCH_DB = Path(__file__).resolve().parents[1].parent / "shared" / "agentbench" / "dbbench" / "dev.jsonl"
 
@@ -57,10 +59,10 @@ def model_in_the_loop(args: argparse.Namespace) -> int:
     """The language model as the Assistant in the CMAT loop (rule checker); prints a transcript."""
     banner(f"{args.model} as the Assistant, CMAT loop with the rule checker ({args.episodes} DB-v0 test episodes)")
     started = time.perf_counter()
-    policy = make_policy(args.model, seed=args.seed, max_new_tokens=args.max_new_tokens,
+    policy = make_policy(args.model, seed=args.seed, max_new_tokens=args.max_new_tokens, domain=domain_of_env(DEMO_ENV).name,
                          max_batch=args.episodes, device=args.device, threads=args.threads or None)
     loaded = time.perf_counter() - started
-    factory = env_factory("cmat/DB-v0", cmat=True, checker="rule", split="test", difficulty=1,
+    factory = env_factory(DEMO_ENV, cmat=True, checker="rule", split="test", difficulty=1,
                           max_rounds=args.max_rounds, render_mode="ansi")
     transcripts: dict[str, str] = {}
 

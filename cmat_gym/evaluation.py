@@ -21,7 +21,7 @@ from typing import Any
 import gymnasium as gym
 from tqdm import tqdm
 
-from cmat_gym.agents.policies import Policy
+from cmat_gym.agents.policies import Policy, is_privileged
 
 EnvFactory = Callable[[], gym.Env]
 
@@ -89,11 +89,11 @@ def run_episodes(
 
     Episode ``i`` starts with ``env.reset(seed=seed + i)`` (plus ``options={"task_index":
     task_indices[i]}`` when indices are given) in some slot ``s``, and ``policy.reset(slots=[s])``.
-    The policy is shown each slot's task (``env.unwrapped.task``) as privileged information, which
-    only the oracle reads.
+    A privileged policy (the oracle: ``privileged = True``) also gets each slot's gold task
+    (``env.unwrapped.task``) as ``tasks=``; no other policy ever sees it.
 
     With ``batch_size > 1`` up to that many envs (built by the factory ``env``) play at once: each
-    tick, ``policy.act(observations, tasks)`` is called ONCE for every active slot, then each env
+    tick, ``policy.act(observations)`` is called ONCE for every active slot, then each env
     steps; a finished slot starts the next episode right away (continuous batching). When fewer
     slots than ``batch_size`` are active (the last episodes), the call passes ``slots=[...]``, the
     slot of each observation, so policies keep per-slot state straight. Which episode lands in
@@ -125,6 +125,7 @@ def run_episodes(
     if factory is None and batch_size > 1:
         raise ValueError("Expects an env factory (a callable returning an env) for batch_size > 1, actual an env")
     n_slots = max(1, min(batch_size, episodes))
+    privileged = is_privileged(policy)
     envs: list[gym.Env] = [env] if factory is None else []  # type: ignore[list-item]
     results: list[EpisodeResult | None] = [None] * episodes
     running: list[_Episode | None] = [None] * n_slots
@@ -153,11 +154,12 @@ def run_episodes(
             if not active:
                 break
             observations = [running[s].observation for s in active]  # type: ignore[union-attr]
-            tasks = [running[s].task for s in active]  # type: ignore[union-attr]
-            if active == list(range(len(active))):
-                actions = policy.act(observations, tasks)
+            slots = None if active == list(range(len(active))) else active
+            if privileged:
+                tasks = [running[s].task for s in active]  # type: ignore[union-attr]
+                actions = policy.act(observations, slots, tasks=tasks)  # type: ignore[call-arg]
             else:
-                actions = policy.act(observations, tasks, slots=active)  # type: ignore[call-arg]
+                actions = policy.act(observations, slots)
             for slot, action in zip(active, actions, strict=True):
                 episode = running[slot]
                 assert episode is not None
@@ -189,7 +191,7 @@ def _result(episode: _Episode, info: dict[str, Any], truncated: bool) -> Episode
 
 
 def env_factory(
-    env_id: str = "cmat/DB-v0",
+    env_id: str,
     *,
     cmat: bool = False,
     checker: str = "rule",

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cmat_gym.evaluation import EpisodeResult
+from cmat_gym.core.task import Task
+from cmat_gym.domains.db.agentbench import dbbench_headline
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "agentbench_table.py"
 spec = importlib.util.spec_from_file_location("agentbench_table", SCRIPT)
@@ -19,39 +20,39 @@ spec.loader.exec_module(table)
 
 
 def test_db_headline_is_agentbench_overall_cat_accuracy() -> None:
-    kinds = {"s1": "counting", "s2": "aggregation-SUM", "i1": "INSERT", "i2": "INSERT", "u1": "UPDATE", "d1": "DELETE"}
-    results = [EpisodeResult(task_id, success, float(success), 1) for task_id, success in
-               [("s1", True), ("s2", False), ("i1", True), ("i2", True), ("u1", False), ("d1", True)]]
-    headline = table.db_headline(results, kinds)
+    kinds = ["counting", "aggregation-SUM", "INSERT", "INSERT", "UPDATE", "DELETE"]
+    tasks = [Task("db", f"t{i}", "", "", {"kind": kind}) for i, kind in enumerate(kinds)]
+    solved = [True, False, True, True, False, True]
+    headline = dbbench_headline(tasks, solved)
     assert headline["accuracy"] == {"SELECT": 0.5, "INSERT": 1.0, "UPDATE": 0.0}
     assert headline["headline"] == pytest.approx(0.5)
     assert headline["counts"] == {"SELECT": 2, "INSERT": 2, "UPDATE": 1}  # DELETE is in no category
-    missing = table.db_headline(results[:2], kinds)  # no INSERT or UPDATE task: they count 0, as in AgentBench
+    missing = dbbench_headline(tasks[:2], solved[:2])  # no INSERT or UPDATE task: they count 0, as in AgentBench
     assert missing["headline"] == pytest.approx(0.5 / 3)
 
 
 def test_table_for_oracle_and_random(capsys, tmp_path, agentbench_db_path) -> None:
     out_json = tmp_path / "table.json"
-    status = table.main(["--policy", "oracle", "random", "--episodes", "4", "--dbbench", str(agentbench_db_path),
+    status = table.main(["--policy", "oracle", "random", "--episodes", "4", "--envs", "DB", "--agentbench-file", f"DB={agentbench_db_path}",
                          "--json", str(out_json), "--quiet", "--batch-size", "3"])
     assert status == 0
     out = capsys.readouterr().out
     assert "command: python benchmarks/agentbench_table.py --policy oracle random" in out
     assert "DB-v0 test (4)" in out and "dbbench dev (60)" in out and "overall" in out and "format errors" in out
-    assert "AgentBench DB headline" in out
+    assert "AgentBench headline on dbbench dev" in out
     rows = {r["agent"]: r for r in json.loads(out_json.read_text())["rows"]}
     oracle, random = rows["oracle"], rows["random"]
     assert oracle["overall"]["success_rate"] == 1.0 and oracle["overall"]["episodes"] == 64
-    assert oracle["sources"]["dbbench dev"]["db_headline"]["headline"] == 1.0
-    assert oracle["sources"]["dbbench dev"]["db_headline"]["counts"] == {"SELECT": 20, "INSERT": 20, "UPDATE": 20}
-    assert random["sources"]["dbbench dev"]["db_headline"]["headline"] < 0.5
+    assert oracle["sources"]["dbbench dev"]["headline"]["headline"] == 1.0
+    assert oracle["sources"]["dbbench dev"]["headline"]["counts"] == {"SELECT": 20, "INSERT": 20, "UPDATE": 20}
+    assert random["sources"]["dbbench dev"]["headline"]["headline"] < 0.5
     assert random["overall"]["format_error_rate"] > 0
 
 
 def test_ablations_side_by_side(capsys, tmp_path, agentbench_db_path) -> None:
     out_json = tmp_path / "table.json"
-    status = table.main(["--policy", "oracle", "--episodes", "2", "--dbbench", str(agentbench_db_path),
-                         "--dbbench-tasks", "3", "--ablations", "--checker-model", "tiny-random", "--max-new-tokens",
+    status = table.main(["--policy", "oracle", "--episodes", "2", "--envs", "DB", "--agentbench-file", f"DB={agentbench_db_path}",
+                         "--agentbench-tasks", "3", "--ablations", "--checker-model", "tiny-random", "--max-new-tokens",
                          "4", "--threads", "1", "--device", "cpu", "--json", str(out_json), "--quiet"])
     assert status == 0
     out = capsys.readouterr().out
@@ -63,14 +64,14 @@ def test_ablations_side_by_side(capsys, tmp_path, agentbench_db_path) -> None:
         assert set(row["sources"]) == {"DB-v0 test", "dbbench dev"}
         assert all("cmat" in cell for cell in row["sources"].values())
     # the evenly spaced subset keeps every category of the sorted file
-    assert rows[0]["sources"]["dbbench dev"]["db_headline"]["counts"] == {"SELECT": 1, "INSERT": 1, "UPDATE": 1}
+    assert rows[0]["sources"]["dbbench dev"]["headline"]["counts"] == {"SELECT": 1, "INSERT": 1, "UPDATE": 1}
     # the oracle never fails, so nothing is written: the store says it stayed empty
     assert rows[-1]["sources"]["DB-v0 test"]["memory"] == "reflection memory: empty (in-memory, not persisted)"
     assert rows[2]["sources"]["DB-v0 test"]["cmat"]["rejected_actions"] == 0  # the rule checker passes the oracle
 
 
 def test_missing_dbbench_file_is_skipped_with_a_message(capsys, tmp_path) -> None:
-    status = table.main(["--policy", "oracle", "--episodes", "2", "--dbbench", str(tmp_path / "none.jsonl"), "--quiet"])
+    status = table.main(["--policy", "oracle", "--episodes", "2", "--envs", "DB", "--agentbench-file", f"DB={tmp_path / 'none.jsonl'}", "--quiet"])
     assert status == 0
     out = capsys.readouterr().out
     assert "not found" in out and "'dbbench dev' skipped" in out and "DB-v0 test (2)" in out

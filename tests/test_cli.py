@@ -24,6 +24,48 @@ def test_list_shows_db(capsys) -> None:
     status, out, _ = run_cli(capsys, "list")
     assert status == 0
     assert "cmat/DB-v0" in out and "SQLite" in out
+    assert "None" not in out and "max 20 actions" in out  # the step limit comes from the record
+    lines = out.splitlines()
+    assert any(line.startswith("cmat/DB-CMAT-v0") and "gymnasium" in line for line in lines)
+    assert any(line.startswith("cmat/DB-v0") and "pettingzoo" in line for line in lines)
+
+
+def test_play_the_cmat_env(capsys, monkeypatch) -> None:
+    # Regression: play on the CMAT wrapper crashed ('CMATEnv' object has no attribute 'grammar').
+    task = DBEnv.generate_task(5, "train", 1)
+    script = "".join(action + "\n\n" for action in DBEnv.oracle_actions(task))
+    status, out = play_with(capsys, monkeypatch, script, "--env", "cmat/DB-CMAT-v0", "--task-index", "5",
+                            "--difficulty", "1")
+    assert status == 0 and "Episode finished: success=True" in out
+
+
+def test_eval_max_rounds_holds_past_the_default_limit(capsys) -> None:
+    # Regression: --max-rounds 40 stopped at 20 steps (the registration's TimeLimit won).
+    status, out, _ = run_cli(capsys, "eval", "--policy", "random", "--episodes", "6", "--max-rounds", "40",
+                             "--json", "--seed", "1")
+    report = json.loads(out)
+    assert status == 0 and max(r["steps"] for r in report["results"]) <= 40
+    with_answer_prob_zero = cli.evaluation.run_episodes(
+        cli.evaluation.env_factory("cmat/DB-CMAT-v0", max_rounds=40), JunkPolicy(), 1, 0, progress=False)
+    assert with_answer_prob_zero[0].steps == 40 and with_answer_prob_zero[0].truncated
+
+
+class JunkPolicy:
+    """Never a valid action: every episode runs to its step limit."""
+
+    def act(self, observations, slots=None):
+        return ["not an action"] * len(observations)
+
+    def reset(self, slots=None):
+        pass
+
+
+def test_one_model_name_everywhere() -> None:
+    from cmat_gym.agents.models import SMOLLM2, resolve_model_name
+    from cmat_gym.agents.policies import MODEL_POLICIES, POLICIES
+
+    assert resolve_model_name("smollm2") == SMOLLM2 == resolve_model_name(SMOLLM2)
+    assert {"smollm2", SMOLLM2} <= MODEL_POLICIES and POLICIES["smollm2"] == POLICIES[SMOLLM2]
 
 
 def test_entry_point_runs_as_a_module() -> None:

@@ -53,8 +53,8 @@ def test_summarize() -> None:
 
 def test_run_episodes_is_reproducible_from_its_seed() -> None:
     env = gym.make("cmat/DB-v0", split="train", difficulty=1)
-    first = run_episodes(env, RandomPolicy(0), 4, seed=11, progress=False)
-    second = run_episodes(env, RandomPolicy(0), 4, seed=11, progress=False)
+    first = run_episodes(env, RandomPolicy(0, domain="db"), 4, seed=11, progress=False)
+    second = run_episodes(env, RandomPolicy(0, domain="db"), 4, seed=11, progress=False)
     oracle = run_episodes(env, OraclePolicy(), 4, seed=11, progress=False)
     env.close()
     assert first == second
@@ -105,7 +105,7 @@ class RecordingPolicy:
         self.resets: list[list[int] | None] = []
         self.counts: dict[int, int] = {}
 
-    def act(self, observations, tasks=None, slots=None):
+    def act(self, observations, slots=None):
         self.calls.append((len(observations), None if slots is None else list(slots)))
         actions = []
         for slot in (slots if slots is not None else range(len(observations))):
@@ -155,7 +155,7 @@ def test_format_errors_are_counted() -> None:
     assert not is_format_error({"error": None})
 
     class Junk:
-        def act(self, observations, tasks=None, slots=None):
+        def act(self, observations, slots=None):
             return ["Action: Dance"] * len(observations)
 
         def reset(self, slots=None):

@@ -2,7 +2,8 @@
 
 A script declares one dataclass whose fields carry a docstring each; :func:`parse_dataclass_args`
 turns it into an ``argparse`` parser (``output_dir`` -> ``--output-dir``, booleans as ``--x`` /
-``--no-x``, the field docstrings as ``--help``), as cleanrl's scripts do with tyro.
+``--no-x``, the field docstrings as ``--help``), as cleanrl's scripts do with tyro. :func:`derive_seed` gives
+independent seed streams, and :data:`EVAL_SEED` is the base seed of every script's evaluation tasks.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 T = TypeVar("T")
+
+# Evaluation tasks do not depend on --seed: every run of every trainer is scored on the same tasks.
+EVAL_SEED = 0x5EED_E7A1
 
 
 def field_docs(cls: type) -> dict[str, str]:

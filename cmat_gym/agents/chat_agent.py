@@ -26,14 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from cmat_gym.agents.lm_policy import Completion, LMPolicy, Message
-from cmat_gym.agents.models import SMOLLM2, TINY_RANDOM
+from cmat_gym.agents.models import SMOLLM2, TINY_RANDOM, resolve_model_name
 from cmat_gym.agents.policies import resolve_slots
 from cmat_gym.agents.prompts import assistant_system_prompt
-from cmat_gym.core.task import Task
-from cmat_gym.domains import domain_env_class
+from cmat_gym.core.domain import get_domain
 
-# Policy names (see cmat_gym.agents.policies.POLICIES) -> the model each loads.
-MODEL_NAMES = {"smollm2": SMOLLM2, "tiny-random": TINY_RANDOM}
 STOP = ("<|im_end|>",)
 TRUNCATED = "\n[... cut to fit the context window ...]\n"
 
@@ -62,14 +59,12 @@ class ChatAgent:
         self.histories: dict[int, list[Message]] = {}
         self.last_completions: list[Completion] = []
         self.generated_tokens = 0
+        self._domain_agents: dict[str, ChatAgent] = {}
 
-    def act(
-        self, observations: list[str], tasks: list[Task] | None = None, slots: Sequence[int] | None = None
-    ) -> list[str]:
+    def act(self, observations: list[str], slots: Sequence[int] | None = None) -> list[str]:
         """Append each observation to its slot's conversation and generate every slot's next action.
 
-        ``tasks`` is ignored (the model sees only what the env shows); ``slots`` names the slot of
-        each observation (default ``0 .. n-1``).
+        ``slots`` names the slot of each observation (default ``0 .. n-1``).
         """
         slots = resolve_slots(slots, len(observations))
         for slot, observation in zip(slots, observations, strict=True):
@@ -81,6 +76,16 @@ class ChatAgent:
             self.histories[slot].append({"role": "assistant", "content": completion.text})
             self.generated_tokens += len(completion.completion_ids)
         return [c.text for c in completions]
+
+    def for_domain(self, domain: str) -> ChatAgent:
+        """This agent (same model, sampling and settings, no conversations) prompted with ``domain``'s
+        grammar; the agent itself when it already is. ``generated_tokens`` counts per agent."""
+        prompt = assistant_system_prompt(get_domain(domain).grammar)
+        if prompt == self.system_prompt:
+            return self
+        if domain not in self._domain_agents:
+            self._domain_agents[domain] = ChatAgent(self.lm, system_prompt=prompt, history_turns=self.history_turns)
+        return self._domain_agents[domain]
 
     def reset(self, slots: Sequence[int] | None = None) -> None:
         """Forget the conversations of ``slots`` (all when None)."""
@@ -142,7 +147,7 @@ def make_chat_agent(
     model: str = SMOLLM2,
     *,
     adapter: str | Path | None = None,
-    domain: str = "db",
+    domain: str | None = None,
     seed: int | None = None,
     device: str = "auto",
     dtype: str | None = None,
@@ -158,7 +163,8 @@ def make_chat_agent(
 
     Args:
         adapter: a saved peft adapter folder to load on top of the model.
-        domain: the domain whose action grammar the system prompt teaches.
+        domain: the domain whose action grammar the system prompt teaches (the env's
+            ``env.unwrapped.domain``; required).
         seed: seeds sampling (irrelevant for greedy decoding).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
         dtype: e.g. ``"bf16"``; default fp32 on CPU, bf16 on CUDA.
@@ -169,12 +175,15 @@ def make_chat_agent(
             other processes keep busy, 1 thread decodes several times faster than 2.
         **lm_kwargs: other :class:`~cmat_gym.agents.lm_policy.LMPolicy` settings (top_p, backend, ...).
     """
+    if domain is None:
+        raise ValueError("Expects domain=<the env's domain> (env.unwrapped.domain): the system prompt teaches "
+                         "that domain's action grammar")
+    grammar = get_domain(domain).grammar
     lm = LMPolicy.from_pretrained(
-        MODEL_NAMES.get(model, model), adapter=adapter, device=resolve_device(device, threads), dtype=dtype,
+        resolve_model_name(model), adapter=adapter, device=resolve_device(device, threads), dtype=dtype,
         temperature=temperature, seed=seed, max_new_tokens=max_new_tokens, max_batch=max_batch,
         max_seq_len=max_seq_len, stop=lm_kwargs.pop("stop", STOP), **lm_kwargs,
     )
-    grammar = domain_env_class(domain).grammar
     return ChatAgent(lm, system_prompt=assistant_system_prompt(grammar), history_turns=history_turns)
 
 
@@ -204,7 +213,7 @@ def make_critic_lm(
     if isinstance(model, ChatAgent):
         lm = model.lm
         return CriticLM(LMPolicy(lm.model, lm.tokenizer, max_seq_len=lm.max_seq_len, backend=lm.backend, **settings))
-    model = MODEL_NAMES.get(model, model)
+    model = resolve_model_name(model)
     return CriticLM(LMPolicy.from_pretrained(model, device=resolve_device(device, threads), **settings))
 
 

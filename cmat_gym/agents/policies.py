@@ -13,29 +13,26 @@ listing or building the light policies never imports torch.
 from __future__ import annotations
 
 import importlib
-import json
 import random
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from cmat_gym.core.actions import Grammar, Tool
+from cmat_gym.core.domain import get_domain, registered_domains
 from cmat_gym.core.task import Task
-from cmat_gym.domains import domain_env_class
 
 
 @runtime_checkable
 class Policy(Protocol):
-    """The policy contract: batched ``act`` and per-slot ``reset``."""
+    """The policy contract: batched ``act`` and per-slot ``reset``. A policy sees only observations."""
 
-    def act(
-        self, observations: list[str], tasks: list[Task] | None = None, slots: Sequence[int] | None = None
-    ) -> list[str]:
+    def act(self, observations: list[str], slots: Sequence[int] | None = None) -> list[str]:
         """One action per observation (slot), in order.
 
-        ``tasks`` is privileged information (the gold data of each slot's task): only the oracle
-        reads it; every other policy ignores it. ``slots`` names the slot of each observation
-        (default ``0 .. n-1``); a batched runner passes it when some slots sit idle.
+        ``slots`` names the slot of each observation (default ``0 .. n-1``); a batched runner passes
+        it when some slots sit idle.
         """
         ...
 
@@ -44,34 +41,45 @@ class Policy(Protocol):
         ...
 
 
+def is_privileged(policy: Any) -> bool:
+    """Whether ``policy`` reads the gold tasks (``privileged = True``: only the oracle). Runners pass
+    ``tasks=`` to such a policy's ``act`` and to no other."""
+    return bool(getattr(policy, "privileged", False))
+
+
 class OraclePolicy:
     """Plays each task's gold action script (``oracle_actions`` of the task's domain env), one action a call.
 
-    The oracle needs the tasks: ``act(observations, tasks)`` raises :class:`ValueError` without them.
-    A slot starts its script again after :meth:`reset`, when its task changes, or after it has
-    played the whole script (the script ends with the final answer, which ends the episode).
+    **Privileged**: the oracle reads the gold task of each slot (``privileged = True``), so runners
+    call ``act(observations, slots, tasks=...)``; it raises :class:`ValueError` without them. No other
+    policy ever receives a task. A slot starts its script again after :meth:`reset`, when its task
+    changes, or after it has played the whole script (the script ends with the final answer, which
+    ends the episode).
 
     Args:
         seed: unused (the oracle is deterministic); accepted so every policy is built the same way.
+        domain: unused (the script comes from each task's own domain); accepted likewise.
     """
 
-    def __init__(self, seed: int | None = None) -> None:
+    privileged = True
+
+    def __init__(self, seed: int | None = None, domain: str | None = None) -> None:
         self._scripts: dict[int, tuple[str, list[str]]] = {}  # slot -> (task_id, actions)
         self._positions: dict[int, int] = {}
 
     def act(
-        self, observations: list[str], tasks: list[Task] | None = None, slots: Sequence[int] | None = None
+        self, observations: list[str], slots: Sequence[int] | None = None, *, tasks: Sequence[Task] | None = None
     ) -> list[str]:
         """The next gold action of each slot's task."""
         if tasks is None:
-            raise ValueError("OraclePolicy needs the tasks: call act(observations, tasks) with one Task per slot")
+            raise ValueError("OraclePolicy needs the tasks: call act(observations, tasks=[...]) with one Task per slot")
         if len(tasks) != len(observations):
             raise ValueError(f"Expects one task per observation ({len(observations)}), actual {len(tasks)} tasks")
         actions = []
         for slot, task in zip(resolve_slots(slots, len(observations)), tasks, strict=True):
             script = self._scripts.get(slot)
             if script is None or script[0] != task.task_id or self._positions[slot] >= len(script[1]):
-                script = (task.task_id, domain_env_class(task.domain).oracle_actions(task))
+                script = (task.task_id, get_domain(task.domain).env_class.oracle_actions(task))
                 self._scripts[slot] = script
                 self._positions[slot] = 0
             actions.append(script[1][self._positions[slot]])
@@ -85,13 +93,7 @@ class OraclePolicy:
             self._positions.pop(slot, None)
 
 
-# Table names as the DB observations state them: AgentBench's sentence, a CREATE TABLE, or "Table x".
-_TABLE_PATTERNS = (
-    re.compile(r"The name of this table is (.+?), and the headers of this table are (.+?)\.?$", re.MULTILINE),
-    re.compile(r"CREATE TABLE\s+[`\"]?([^`\"(\s]+)[`\"]?\s*\((.*?)\)", re.IGNORECASE | re.DOTALL),
-    re.compile(r"^\s*[-*]?\s*[Tt]able\s+[`\"']?([^`\"'\s:(]+)[`\"']?\s*[:(]\s*(.*?)\)?$", re.MULTILINE),
-)
-_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.'-]*")
+_WORD = re.compile(r"[A-Za-z0-9#][A-Za-z0-9_.'#-]*")
 _JUNK = (
     "I think I should look at the data first.",
     "SELECT",
@@ -103,34 +105,39 @@ _JUNK = (
 
 
 class RandomPolicy:
-    """A seeded random agent that speaks the DB action grammar (a baseline and a fuzzer).
+    """A seeded random agent that speaks its domain's action grammar (a baseline and a fuzzer).
 
-    Each call it picks, at random: a query on a table named in the episode's first observation
-    (``SELECT *``, one random column, a count, a random filter), in either grammar (AgentBench text
-    or JSON tool call); malformed text; or a final answer made of one or two words seen in the
-    observations, which becomes likelier with every step. Each slot draws from its own stream,
-    derived from ``(seed, slot, episode number of that slot)``, so the actions are a deterministic
-    function of the seed and of what the policy was shown, whatever the batch size.
+    Each call it picks, at random: an operation (the domain record's ``random_action``, e.g. a query
+    on a table the DB observation names; for a domain without one, a random call of one of the
+    grammar's operation tools with words seen in the observations), malformed text, or a final
+    answer made of one or two words seen in the observations, which becomes likelier with every
+    step. Each slot draws from its own stream, derived from ``(seed, slot, episode number of that
+    slot)``, so the actions are a deterministic function of the seed and of what the policy was
+    shown, whatever the batch size.
 
     Args:
         seed: the seed of every stream.
         answer_prob: the probability of answering at the first step; it grows by the same amount
             each step.
+        domain: the domain whose grammar it speaks (``"db"``, ...; see ``cmat-gym list``); runners
+            take it from the env (``env.unwrapped.domain``).
     """
 
-    def __init__(self, seed: int = 0, answer_prob: float = 0.1) -> None:
+    def __init__(self, seed: int = 0, answer_prob: float = 0.1, domain: str | None = None) -> None:
+        if domain is None:
+            raise ValueError("RandomPolicy needs domain=<the env's domain> (env.unwrapped.domain), "
+                             f"one of {[d.name for d in registered_domains()]}")
+        self.domain = get_domain(domain)
         self.seed = seed
         self.answer_prob = answer_prob
         self._rngs: dict[int, random.Random] = {}
         self._episodes: dict[int, int] = {}
         self._steps: dict[int, int] = {}
-        self._tables: dict[int, list[tuple[str, list[str]]]] = {}
+        self._first: dict[int, str] = {}
         self._words: dict[int, list[str]] = {}
 
-    def act(
-        self, observations: list[str], tasks: list[Task] | None = None, slots: Sequence[int] | None = None
-    ) -> list[str]:
-        """One random action per slot (``tasks`` is ignored: this policy sees only observations)."""
+    def act(self, observations: list[str], slots: Sequence[int] | None = None) -> list[str]:
+        """One random action per slot."""
         return [self._act_slot(slot, obs)
                 for slot, obs in zip(resolve_slots(slots, len(observations)), observations, strict=True)]
 
@@ -139,7 +146,7 @@ class RandomPolicy:
         for slot in list(self._rngs) if slots is None else slots:
             if slot in self._rngs:
                 self._episodes[slot] = self._episodes.get(slot, 0) + 1
-            for state in (self._rngs, self._steps, self._tables, self._words):
+            for state in (self._rngs, self._steps, self._first, self._words):
                 state.pop(slot, None)
 
     # ---------------------------------------------------------------- internals
@@ -147,45 +154,47 @@ class RandomPolicy:
         if slot not in self._rngs:
             self._rngs[slot] = random.Random(f"{self.seed}/{slot}/{self._episodes.get(slot, 0)}")
             self._steps[slot] = 0
-            self._tables[slot] = _find_tables(observation)
+            self._first[slot] = observation
             self._words[slot] = []
         rng = self._rngs[slot]
         words = self._words[slot]
         words.extend(w.strip(".'") for w in _WORD.findall(observation) if len(w) > 1)
         del words[:-2000]  # keep memory bounded on long episodes
         self._steps[slot] += 1
+        grammar = self.domain.grammar
         if rng.random() < self.answer_prob * self._steps[slot]:
-            return self._answer(rng, words)
+            picks = [rng.choice(words) for _ in range(rng.randint(1, 2))] if words else []
+            if rng.random() < 0.5:
+                return grammar.answer(picks)
+            return grammar.call_json(grammar.answer_tool.name, **_answer_args(grammar.answer_tool, picks))
         if rng.random() < 0.15:
             return rng.choice(_JUNK)
-        return self._query(rng, self._tables[slot], words)
+        if self.domain.random_action is not None:
+            return self.domain.random_action(rng, words, self._first[slot])
+        return random_tool_call(rng, grammar, words)
 
-    @staticmethod
-    def _answer(rng: random.Random, words: list[str]) -> str:
-        picks = [rng.choice(words) for _ in range(rng.randint(1, 2))] if words else []
-        if rng.random() < 0.5:
-            return "Action: Answer\nFinal Answer: " + json.dumps(picks)
-        return json.dumps({"tool": "commit_final_answer", "args": {"answers": picks}})
 
-    @staticmethod
-    def _query(rng: random.Random, tables: list[tuple[str, list[str]]], words: list[str]) -> str:
-        name, columns = rng.choice(tables) if tables else (rng.choice(words) if words else "t", [])
-        table = _quote(name)
-        column = _quote(rng.choice(columns)) if columns else "*"
-        templates = [
-            f"SELECT * FROM {table}",
-            f"SELECT * FROM {table} LIMIT {rng.randint(1, 5)}",
-            f"SELECT {column} FROM {table}",
-            f"SELECT COUNT(*) FROM {table}",
-            f"SELECT {column}, COUNT(*) FROM {table} GROUP BY {column}",
-        ]
-        if words:
-            value = rng.choice(words).replace("'", "''")
-            templates.append(f"SELECT * FROM {table} WHERE {column if columns else 'rowid'} = '{value}'")
-        sql = rng.choice(templates)
-        if rng.random() < 0.5:
-            return f"Action: Operation\n```sql\n{sql};\n```"
-        return json.dumps({"tool": "execute_sql", "args": {"sql": sql}})
+def random_tool_call(rng: random.Random, grammar: Grammar, words: Sequence[str]) -> str:
+    """A call of a random operation tool of ``grammar`` whose arguments are words from ``words``
+    (numbers for numeric arguments), as text or JSON at random."""
+    tool = rng.choice(grammar.operation_tools or grammar.tools)
+    args: dict[str, Any] = {}
+    for arg in tool.args:
+        if not arg.required and rng.random() < 0.5:
+            continue
+        word = rng.choice(words) if words else "x"
+        args[arg.name] = {"integer": rng.randint(0, 9), "number": rng.randint(0, 9), "boolean": rng.random() < 0.5,
+                          "array": [word]}.get(arg.type, word)
+    if rng.random() < 0.5:
+        return grammar.call(tool.name, **args)
+    return grammar.call_json(tool.name, **args)
+
+
+def _answer_args(tool: Tool, picks: list[str]) -> dict[str, Any]:
+    if not tool.args:
+        return {}
+    arg = tool.args[0]
+    return {arg.name: picks if arg.type == "array" else (picks[0] if picks else "")}
 
 
 def resolve_slots(slots: Sequence[int] | None, n: int) -> list[int]:
@@ -197,41 +206,18 @@ def resolve_slots(slots: Sequence[int] | None, n: int) -> list[int]:
     return list(slots)
 
 
-def _find_tables(observation: str) -> list[tuple[str, list[str]]]:
-    """(table, columns) pairs named in a DB observation; empty when none is recognised."""
-    for pattern in _TABLE_PATTERNS:
-        typed = pattern is _TABLE_PATTERNS[1]  # CREATE TABLE bodies hold "name TYPE" column definitions
-        found = [(m.group(1).strip(), _split_columns(m.group(2), typed)) for m in pattern.finditer(observation)]
-        if found:
-            return found
-    return []
-
-
-def _split_columns(text: str, typed: bool) -> list[str]:
-    columns = []
-    for part in text.split(","):
-        name = part.strip().split(" ")[0] if typed else part.strip()
-        name = name.strip("`\"'")
-        if name and name.upper() not in ("PRIMARY", "FOREIGN", "UNIQUE", "CHECK", "CONSTRAINT"):
-            columns.append(name)
-    return columns
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 # ------------------------------------------------------------------------------- the registry
 # name -> factory ("module:attribute", imported on use). Adding a policy is one line here.
 POLICIES: dict[str, str] = {
     "oracle": "cmat_gym.agents.policies:OraclePolicy",
     "random": "cmat_gym.agents.policies:RandomPolicy",
     "smollm2": "cmat_gym.agents.chat_agent:smollm2",
+    "smollm2-135m-instruct": "cmat_gym.agents.chat_agent:smollm2",  # the model's name works too
     "tiny-random": "cmat_gym.agents.chat_agent:tiny_random",
 }
 # The language-model policies among them (a local model folder is one too): they take model options
 # (adapter, max_new_tokens, max_batch, device, ...; see cmat_gym.agents.chat_agent.make_chat_agent).
-MODEL_POLICIES = frozenset({"smollm2", "tiny-random"})
+MODEL_POLICIES = frozenset({"smollm2", "smollm2-135m-instruct", "tiny-random"})
 _MODEL_FOLDER_FACTORY = "cmat_gym.agents.chat_agent:make_chat_agent"
 
 
@@ -244,7 +230,8 @@ def make_policy(name: str, **kwargs: Any) -> Policy:
     """Build the policy registered as ``name`` in :data:`POLICIES`, passing ``kwargs`` to its factory.
 
     A ``name`` that is a local folder holding a HF causal LM builds a
-    :class:`~cmat_gym.agents.chat_agent.ChatAgent` over it.
+    :class:`~cmat_gym.agents.chat_agent.ChatAgent` over it. Every policy takes ``domain=`` (the env's
+    domain, ``env.unwrapped.domain``): the random agent and the language models speak its grammar.
 
     Raises:
         ValueError: for a name that is neither registered nor a folder (the message lists the known ones).

@@ -1,14 +1,7 @@
-"""The Checker role: review the Assistant's proposed action before it runs.
+"""The loop's checker policies (the contracts, :class:`Verdict`, :class:`Checker` and
+:class:`DomainHooks`, live in :mod:`cmat_gym.core.checking`, where domains implement them).
 
-A checker sees the task (instruction and context only: the loop hands it a copy of the Task with
-the payload removed, so no checker can read the gold answer), the dialogue so far and the proposed
-action, and returns a :class:`Verdict`: approve, or reject with feedback that the Assistant reads
-in its next observation; optionally a score in [0, 1] (shaping for the Assistant).
-
-Checker policies:
-
-* a **rule checker** per domain (DB: :class:`cmat_gym.domains.db.checker.DBRuleChecker`), built by
-  :func:`make_checker` ``("rule", domain)``;
+* a **rule checker** per domain, from the domain's hooks: :func:`make_checker` ``("rule", domain)``;
 * :class:`LLMChecker`: any chat language model prompted as a critic (an object with
   ``act_messages`` or ``act``, like :class:`cmat_gym.agents.lm_policy.LMPolicy`, or a callable);
 * :class:`RewardModelChecker`: thresholds a learned :class:`RewardModel`'s score (none is trained
@@ -16,154 +9,37 @@ Checker policies:
 * :class:`NoChecker`: approves everything (the ablation).
 
 A checker agent that writes text (``checker_0`` in the PettingZoo env, or an LLM) is read with the
-lenient :func:`parse_verdict`. This module also holds :class:`DomainHooks`, what the loop needs from
-a domain to judge actions in hindsight (the training signal of the checker).
+lenient :func:`parse_verdict`.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from cmat_gym.core.actions import ActionError, Grammar, ParsedAction, parse_action
+from cmat_gym.core.actions import ActionError, ParsedAction
+from cmat_gym.core.checking import (
+    Checker,
+    DomainHooks,
+    NoChecker,
+    ReviewRequest,
+    Turn,
+    Verdict,
+    clip_score,
+    parse_verdict,
+    public_task,
+)
+from cmat_gym.core.domain import get_domain
 from cmat_gym.core.task import Task
 
 if TYPE_CHECKING:
     from cmat_gym.core.env import TextEnv
 
-Turn = dict[str, str]  # {"role": ..., "content": ...}
-
-
-# ---------------------------------------------------------------------------- verdicts
-@dataclass(frozen=True)
-class Verdict:
-    """A checker's decision on one proposed action.
-
-    Attributes:
-        approve: True lets the action run; False blocks it.
-        feedback: why (for a rejection, what to fix); shown to the Assistant on rejection.
-        score: the checker's score of the action in [0, 1], or None when it gives none.
-    """
-
-    approve: bool
-    feedback: str = ""
-    score: float | None = None
-
-    def to_text(self) -> str:
-        """``APPROVE [score=0.9]``, ``APPROVE: note [score=0.9]`` or ``REJECT: <feedback> [score=0.1]``."""
-        head = "APPROVE" if self.approve else "REJECT"
-        if self.feedback or not self.approve:
-            head += f": {self.feedback}"
-        return head if self.score is None else f"{head} [score={self.score:.2f}]"
-
-
-_VERDICT_WORD = re.compile(r"\b(approved?|accept(?:ed)?|lgtm|reject(?:ed)?|denied|deny)\b", re.IGNORECASE)
-_SCORE = re.compile(r"\[?\s*score\s*[=:]\s*(-?\d+(?:\.\d*)?|\.\d+)\s*\]?", re.IGNORECASE)
-
-
-def parse_verdict(text: str) -> Verdict | None:
-    """Read a verdict from free text, leniently; None when the text holds none.
-
-    Accepts the canonical ``APPROVE [score=0.9]`` / ``REJECT: <feedback> [score=0.1]``, any case,
-    markdown around it, synonyms (approved/accept/LGTM, rejected/deny), a score written
-    ``score: 0.4``, and a JSON object ``{"verdict": "reject", "feedback": ..., "score": ...}``.
-    The first verdict word decides; a score outside [0, 1] is clipped.
-    """
-    if not isinstance(text, str) or not text.strip():
-        return None
-    stripped = text.strip().strip("`").strip()
-    if stripped.startswith("{"):
-        verdict = _parse_json_verdict(stripped)
-        if verdict is not None:
-            return verdict
-    match = _VERDICT_WORD.search(text)
-    if match is None:
-        return None
-    approve = match.group(1).lower()[0] in "al"
-    score_match = _SCORE.search(text)
-    score = _clip(float(score_match.group(1))) if score_match else None
-    rest = text[match.end():]
-    if score_match and score_match.start() >= match.end():
-        rest = text[match.end():score_match.start()] + text[score_match.end():]
-    feedback = rest.strip().lstrip(":-—*").strip().strip("*").strip()
-    return Verdict(approve, feedback, score)
-
-
-def _parse_json_verdict(text: str) -> Verdict | None:
-    try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        return None
-    if not isinstance(obj, dict):
-        return None
-    word = str(obj.get("verdict", obj.get("decision", ""))).lower()
-    if not word.startswith(("approve", "accept", "reject", "deny")):
-        return None
-    score = obj.get("score")
-    score = _clip(float(score)) if isinstance(score, int | float) and not isinstance(score, bool) else None
-    return Verdict(word.startswith(("approve", "accept")), str(obj.get("feedback", "")), score)
-
-
-def _clip(x: float) -> float:
-    return min(1.0, max(0.0, x))
-
-
-_PARSED: dict[str, tuple[Grammar, ParsedAction | ActionError]] = {}
-
-
-def parse_cached(text: str, grammar: Grammar) -> ParsedAction | ActionError:
-    """:func:`~cmat_gym.core.actions.parse_action`, memoised for the last few texts: the checker and
-    the loop parse the same proposal (the result is shared: do not mutate it)."""
-    entry = _PARSED.get(text)
-    if entry is not None and entry[0] is grammar:
-        return entry[1]
-    if len(_PARSED) >= 64:
-        _PARSED.clear()
-    parsed = parse_action(text, grammar)
-    _PARSED[text] = (grammar, parsed)
-    return parsed
-
-
-# ---------------------------------------------------------------------------- checkers
-@dataclass(frozen=True)
-class ReviewRequest:
-    """One action to review: the public task, the dialogue so far, the action, and the live env.
-
-    ``env`` is the domain environment (for schema look-ups and dry runs); a gold-free checker reads
-    only its current state, never ``env.task``.
-    """
-
-    task: Task
-    history: Sequence[Turn]
-    action: str
-    env: TextEnv | None = None
-
-
-class Checker(ABC):
-    """A checker policy: ``review`` one proposed action, or ``review_batch`` many (see the module docstring)."""
-
-    name: str = "checker"
-
-    @abstractmethod
-    def review(self, task: Task, history: Sequence[Turn], action: str, env: TextEnv | None = None) -> Verdict:
-        """The verdict on ``action``, given the (public) task and the dialogue so far."""
-
-    def review_batch(self, requests: Sequence[ReviewRequest]) -> list[Verdict]:
-        """One verdict per request, in order (batched checkers override this)."""
-        return [self.review(r.task, r.history, r.action, r.env) for r in requests]
-
-
-class NoChecker(Checker):
-    """Approves every action with no score: the loop without a checker (ablations)."""
-
-    name = "none"
-
-    def review(self, task: Task, history: Sequence[Turn], action: str, env: TextEnv | None = None) -> Verdict:
-        return Verdict(True, "", None)
+__all__ = [
+    "CRITIC_SYSTEM_PROMPT", "Checker", "DomainHooks", "LLMChecker", "NoChecker", "ReviewRequest",
+    "RewardModel", "RewardModelChecker", "Turn", "Verdict", "critic_prompt", "make_checker", "parse_verdict",
+    "public_task", "render_turns",
+]
 
 
 CRITIC_SYSTEM_PROMPT = (
@@ -218,8 +94,9 @@ class LLMChecker(Checker):
         self.history_turns = history_turns
         self.last_replies: list[str] = []
 
-    def review(self, task: Task, history: Sequence[Turn], action: str, env: TextEnv | None = None) -> Verdict:
-        return self.review_batch([ReviewRequest(task, history, action, env)])[0]
+    def review(self, task: Task, history: Sequence[Turn], action: str, env: TextEnv | None = None, *,
+               parsed: ParsedAction | ActionError | None = None) -> Verdict:
+        return self.review_batch([ReviewRequest(task, history, action, env, parsed)])[0]
 
     def review_batch(self, requests: Sequence[ReviewRequest]) -> list[Verdict]:
         prompts = [critic_prompt(r.task, r.history, r.action, self.history_turns) for r in requests]
@@ -255,52 +132,13 @@ class RewardModelChecker(Checker):
         self.model = model
         self.threshold = threshold
 
-    def review(self, task: Task, history: Sequence[Turn], action: str, env: TextEnv | None = None) -> Verdict:
-        score = _clip(float(self.model.score(f"{task.instruction}\n\n{task.context}".strip(), history, action)))
+    def review(self, task: Task, history: Sequence[Turn], action: str, env: TextEnv | None = None, *,
+               parsed: ParsedAction | ActionError | None = None) -> Verdict:
+        score = clip_score(float(self.model.score(f"{task.instruction}\n\n{task.context}".strip(), history, action)))
         if score >= self.threshold:
             return Verdict(True, "", score)
         return Verdict(False, f"the reward model scores this action {score:.2f} (< {self.threshold:g}); "
                               "reconsider it", score)
-
-
-# ---------------------------------------------------------------------------- domain hooks
-class DomainHooks:
-    """What the loop needs from a domain beyond :class:`TextEnv`: its rule checker, and how to tell,
-    in hindsight, whether an operation was fine (the label the checker is rewarded against).
-
-    Hindsight may use the gold task (``env.task``): it is a training signal, never shown to a
-    checker. This base class is the fallback for domains without hooks: an executed operation is
-    fine when its observation is not an error; a rejected one cannot be judged (None).
-    """
-
-    def rule_checker(self) -> Checker:
-        """The domain's rule checker (the fallback approves everything)."""
-        return NoChecker()
-
-    def snapshot(self, env: TextEnv, code: str) -> Any:
-        """State to compare after ``code`` really executes (e.g. a change counter)."""
-        return None
-
-    def executed_ok(self, env: TextEnv, code: str, observation: str, snapshot: Any) -> bool | None:
-        """Whether an executed operation was fine, from what execution showed."""
-        return not observation.lstrip().startswith("Error")
-
-    def dry_run_ok(self, env: TextEnv, code: str) -> bool | None:
-        """Whether a rejected operation would have been fine (run without keeping its effects), or None."""
-        return None
-
-    def dry_run_text(self, env: TextEnv, code: str) -> str | None:
-        """What a dry run of ``code`` shows, for a text checker's observation (None: not supported)."""
-        return None
-
-
-def domain_hooks(domain: str) -> DomainHooks:
-    """The hooks of ``domain`` (the generic fallback for domains that have none)."""
-    if domain == "db":
-        from cmat_gym.domains.db.checker import DBHooks
-
-        return DBHooks()
-    return DomainHooks()
 
 
 def make_checker(checker: str | Checker | None, domain: str, *, policy: Any = None) -> Checker:
@@ -311,15 +149,9 @@ def make_checker(checker: str | Checker | None, domain: str, *, policy: Any = No
     if checker is None or checker == "none":
         return NoChecker()
     if checker == "rule":
-        return domain_hooks(domain).rule_checker()
+        return get_domain(domain).hooks().rule_checker()
     if checker == "llm":
         if policy is None:
             raise ValueError("checker='llm' needs policy=<an LMPolicy or any object with act_messages/act>")
         return LLMChecker(policy)
     raise ValueError(f"Expects checker in ('rule', 'llm', 'none') or a Checker, actual {checker!r}")
-
-
-def public_task(task: Task) -> Task:
-    """The task as a checker or user may see it: instruction and context, no payload (no gold)."""
-    return replace(task, payload={})
-

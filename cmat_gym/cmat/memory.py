@@ -170,9 +170,9 @@ class ReflectionStore:
     Usage::
 
         with ReflectionStore("runs/reflections.sqlite") as store:
-            store.add(split="train", domain="db", task_id=task.task_id,
+            store.add(split=task.split, domain=task.domain, task_id=task.task_id,
                       task_text=task.instruction, text=template_reflection(task.instruction, traj))
-            block = format_reflections(store.search(task.instruction, split="train", domain="db"))
+            block = format_reflections(store.search(task.instruction, split=task.split, domain=task.domain))
 
     The store is safe to share between threads of one process, and any number of processes may
     open the same file at once. After ``fork`` a file-backed store reopens its connection in the

@@ -62,17 +62,12 @@ from gymnasium.envs.registration import load_env_creator
 from pettingzoo import AECEnv, ParallelEnv
 from pettingzoo.utils import wrappers
 
-from cmat_gym.cmat.checkers import (
-    Verdict,
-    critic_prompt,
-    domain_hooks,
-    parse_cached,
-    parse_verdict,
-    public_task,
-)
+from cmat_gym.cmat.checkers import critic_prompt
 from cmat_gym.cmat.memory import ReflectionStore, ShortTermMemory, format_reflections, template_reflection
 from cmat_gym.cmat.roles import parse_question, user_prompt
-from cmat_gym.core.actions import ANSWER, OPERATION, ActionError
+from cmat_gym.core.actions import ANSWER, OPERATION, ActionError, ParsedAction
+from cmat_gym.core.checking import DomainHooks, Verdict, parse_verdict, public_task
+from cmat_gym.core.domain import get_domain
 from cmat_gym.core.env import TextEnv, render_transcript
 from cmat_gym.core.text import DEFAULT_MAX_ACTION_CHARS, sanitize, text_space
 
@@ -91,10 +86,19 @@ def make_domain_env(domain_env: str | TextEnv, **kwargs: Any) -> TextEnv:
             raise ValueError(f"Expects no env kwargs with an env instance, actual {sorted(kwargs)}")
         return domain_env
     spec = gym.spec(domain_env)
-    env = load_env_creator(spec.entry_point)(**{**spec.kwargs, **kwargs})
+    creator = load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else spec.entry_point
+    env = creator(**{**spec.kwargs, **kwargs})
     if not isinstance(env, TextEnv):
         raise TypeError(f"Expects {domain_env} to be a cmat_gym TextEnv, actual {type(env).__name__}")
     return env
+
+
+def domain_hooks(env: TextEnv) -> DomainHooks:
+    """The hooks of ``env``'s registered domain; the generic fallback for an unregistered TextEnv."""
+    try:
+        return get_domain(env.domain).hooks()
+    except ValueError:
+        return DomainHooks()
 
 
 def open_store(memory: ReflectionStore | str | os.PathLike[str] | None) -> ReflectionStore | None:
@@ -125,7 +129,7 @@ class raw_env(AECEnv[str, dict[str, str], Any]):  # noqa: N801 - PettingZoo's na
 
     def __init__(
         self,
-        domain_env_id: str | TextEnv = "cmat/DB-v0",
+        domain_env_id: str | TextEnv,
         *,
         max_cycles: int | None = None,
         max_turns: int | None = None,
@@ -142,7 +146,7 @@ class raw_env(AECEnv[str, dict[str, str], Any]):  # noqa: N801 - PettingZoo's na
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"Expects render_mode in {self.metadata['render_modes']}, actual {render_mode!r}")
         self.domain_env = make_domain_env(domain_env_id, **env_kwargs)
-        self.hooks = domain_hooks(self.domain_env.domain)
+        self.hooks = domain_hooks(self.domain_env)
         self.max_cycles = int(max_cycles) if max_cycles is not None else self.domain_env.max_rounds
         if self.max_cycles < 1:
             raise ValueError(f"Expects max_cycles >= 1, actual {self.max_cycles}")
@@ -169,6 +173,15 @@ class raw_env(AECEnv[str, dict[str, str], Any]):  # noqa: N801 - PettingZoo's na
     def observation_space(self, agent: str) -> spaces.Dict:
         return self._observation_spaces[agent]
 
+    @property
+    def domain(self) -> str:
+        """The domain's name (``"db"``, ...)."""
+        return self.domain_env.domain
+
+    def cumulative_reward(self, agent: str) -> float:
+        """``agent``'s reward since its last turn (what :meth:`last` reports for it)."""
+        return float(self._cumulative_rewards[agent])
+
     def action_space(self, agent: str) -> spaces.Text:
         return self._action_spaces[agent]
 
@@ -188,6 +201,7 @@ class raw_env(AECEnv[str, dict[str, str], Any]):  # noqa: N801 - PettingZoo's na
         self._short = ShortTermMemory(self.history_turns)
         self._cycles = self._turns = self._questions = 0
         self.pending_action: str | None = None  # proposed, awaiting the checker
+        self.pending_parsed: ParsedAction | ActionError | None = None  # its one parse (checker and env share it)
         self.pending_question: str | None = None  # asked, awaiting the user
         self._checker_text: str | None = None
         self._records: list[tuple[bool, bool | None]] = []  # (approved, hindsight) per reviewed action
@@ -262,6 +276,7 @@ class raw_env(AECEnv[str, dict[str, str], Any]):  # noqa: N801 - PettingZoo's na
             self.agent_selection = USER
             return
         self.pending_action, self._checker_text = action, None
+        self.pending_parsed = self.domain_env.grammar.parse(action)
         self.agent_selection = CHECKER
 
     def _checker_turn(self, action: Any) -> None:
@@ -270,12 +285,14 @@ class raw_env(AECEnv[str, dict[str, str], Any]):  # noqa: N801 - PettingZoo's na
         else:
             verdict = parse_verdict(_as_text(action)) or Verdict(True, "", None)
         proposal, self.pending_action = self.pending_action or "", None
+        parsed, self.pending_parsed = self.pending_parsed, None
         env = self.domain_env
-        parsed = parse_cached(proposal, env.grammar)
+        if parsed is None:
+            parsed = env.grammar.parse(proposal)
         self.transcript.append({"role": "checker", "content": verdict.to_text()})
         if verdict.approve:
-            snapshot = self.hooks.snapshot(env, parsed.value) if _is_operation(parsed) else None
-            message, reward, terminated, truncated, info = env.step(proposal)
+            snapshot = self.hooks.snapshot(env, parsed) if _is_operation(parsed) else None
+            message, reward, terminated, truncated, info = env.step_parsed(proposal, parsed)
             hindsight = self._hindsight_executed(parsed, message, info, snapshot)
             role = "env"
         else:
@@ -314,17 +331,14 @@ class raw_env(AECEnv[str, dict[str, str], Any]):  # noqa: N801 - PettingZoo's na
             return False
         if parsed.kind == ANSWER:
             return bool(info.get("success"))
-        return self.hooks.executed_ok(self.domain_env, parsed.value, observation, snapshot)
+        return self.hooks.executed_ok(self.domain_env, parsed, observation, snapshot)
 
     def _hindsight_dry_run(self, parsed: Any) -> bool | None:
         if isinstance(parsed, ActionError):
             return False
-        if parsed.kind == ANSWER:
-            try:  # scoring an answer has no side effects (TextEnv's domain contract)
-                return bool(self.domain_env._evaluate(list(parsed.value)).success)
-            except Exception:
-                return False
-        return self.hooks.dry_run_ok(self.domain_env, parsed.value)
+        if parsed.kind == ANSWER:  # scoring an answer has no side effects (TextEnv.score_answer)
+            return bool(self.domain_env.score_answer(parsed.value).success)
+        return self.hooks.dry_run_ok(self.domain_env, parsed)
 
     # ------------------------------------------------------------------ views
     def _remember(self, role: str, content: str) -> None:
@@ -356,11 +370,11 @@ class raw_env(AECEnv[str, dict[str, str], Any]):  # noqa: N801 - PettingZoo's na
         if self._checker_text is None:
             proposal = self.pending_action or ""
             text = critic_prompt(self.public_task, self.dialogue[:-1], proposal, self.checker_history_turns)
-            parsed = parse_cached(proposal, self.domain_env.grammar)
+            parsed = self.pending_parsed if self.pending_parsed is not None else self.domain_env.grammar.parse(proposal)
             if isinstance(parsed, ActionError):
                 note = f"The action does not parse: {parsed.message}"
             elif parsed.kind == OPERATION:
-                dry = self.hooks.dry_run_text(self.domain_env, parsed.value)
+                dry = self.hooks.dry_run_text(self.domain_env, parsed)
                 note = f"Dry run (not kept): {dry}" if dry else ""
             else:
                 note = ""
@@ -439,7 +453,7 @@ class CMATParallelEnv(ParallelEnv[str, dict[str, str], Any]):
 
     metadata = raw_env.metadata
 
-    def __init__(self, domain_env_id: str | TextEnv = "cmat/DB-v0", *, max_cycles: int | None = None,
+    def __init__(self, domain_env_id: str | TextEnv, *, max_cycles: int | None = None,
                  render_mode: str | None = None, **kwargs: Any) -> None:
         self.aec = raw_env(domain_env_id, render_mode=render_mode, **kwargs)
         self.max_cycles = max_cycles
@@ -497,13 +511,13 @@ class CMATParallelEnv(ParallelEnv[str, dict[str, str], Any]):
         self.aec.close()
 
 
-def env(domain_env_id: str | TextEnv = "cmat/DB-v0", max_cycles: int | None = None, **kwargs: Any) -> AECEnv:
+def env(domain_env_id: str | TextEnv, max_cycles: int | None = None, **kwargs: Any) -> AECEnv:
     """The AEC form, wrapped with PettingZoo's OrderEnforcingWrapper (the only standard wrapper that
     fits text actions: the others check discrete or box actions)."""
     return wrappers.OrderEnforcingWrapper(raw_env(domain_env_id, max_cycles=max_cycles, **kwargs))
 
 
-def parallel_env(domain_env_id: str | TextEnv = "cmat/DB-v0", max_cycles: int | None = None,
+def parallel_env(domain_env_id: str | TextEnv, max_cycles: int | None = None,
                  **kwargs: Any) -> CMATParallelEnv:
     """The parallel form (one step = one turn; see the module docstring)."""
     return CMATParallelEnv(domain_env_id, max_cycles=max_cycles, **kwargs)

@@ -19,18 +19,22 @@ import re
 from abc import ABC, abstractmethod
 from typing import Any
 
+from cmat_gym.core.domain import DEFAULT_USER_REPLY, get_domain
 from cmat_gym.core.task import Task
 
 ASK_TOOL = "ask_user"
 _ASK = re.compile(r"^\s*\**\s*Action\s*\**\s*[:：]\s*\**\s*Ask\b\**[ \t]*:?", re.IGNORECASE | re.MULTILINE)
 _TABLE_WORDS = re.compile(r"\b(tables?|columns?|schema|fields?|headers?|names?)\b", re.IGNORECASE)
 
-# What the scripted user says to any question it cannot answer from the task's context.
-FIXED_REPLIES = {
-    "db": "Please proceed with the task using the database.",
-    "os": "Please proceed with the task using the shell.",
-}
-DEFAULT_REPLY = "Please proceed with the task."
+
+
+def fallback_reply(domain: str) -> str:
+    """What the scripted user says to a question it cannot answer from the context: the domain
+    record's ``user_reply`` (the generic reply for an unregistered domain)."""
+    try:
+        return get_domain(domain).user_reply
+    except ValueError:
+        return DEFAULT_USER_REPLY
 
 
 def parse_question(text: str) -> str | None:
@@ -76,8 +80,8 @@ class ScriptedUser(User):
     task's context (safe: the Assistant already has it) and any other question with a fixed reply.
 
     Args:
-        reply: the fixed reply (default: per domain, e.g. "Please proceed with the task using the
-            database.").
+        reply: the fixed reply (default: the domain record's ``user_reply``, e.g. "Please proceed with
+            the task using the database.").
     """
 
     def __init__(self, reply: str | None = None) -> None:
@@ -88,7 +92,7 @@ class ScriptedUser(User):
             return task.instruction
         if _TABLE_WORDS.search(question) and task.context.strip():
             return f"Here is what I know about the data:\n{task.context.strip()}"
-        return self.reply or FIXED_REPLIES.get(task.domain, DEFAULT_REPLY)
+        return self.reply or fallback_reply(task.domain)
 
 
 class LLMUser(User):
@@ -119,4 +123,4 @@ class LLMUser(User):
         if text:
             return text
         # An empty opening would leave the task unstated; an empty reply says nothing.
-        return task.instruction if question is None else FIXED_REPLIES.get(task.domain, DEFAULT_REPLY)
+        return task.instruction if question is None else fallback_reply(task.domain)

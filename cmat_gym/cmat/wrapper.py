@@ -29,6 +29,7 @@ from cmat_gym.cmat.checkers import Checker, make_checker
 from cmat_gym.cmat.memory import ReflectionStore
 from cmat_gym.cmat.pettingzoo_env import ASSISTANT, CHECKER, TASK_OPTIONS, USER, ReflectionWriter, raw_env
 from cmat_gym.cmat.roles import ScriptedUser, User
+from cmat_gym.core.actions import Grammar
 from cmat_gym.core.env import TextEnv
 from cmat_gym.core.task import Task
 from cmat_gym.core.text import DEFAULT_MAX_ACTION_CHARS, text_space
@@ -46,7 +47,7 @@ class CMATEnv(gym.Env[str, str]):
 
     def __init__(
         self,
-        env_id: str | TextEnv = "cmat/DB-v0",
+        env_id: str | TextEnv,
         *,
         checker: str | Checker | None = "rule",
         user: User | None = None,
@@ -76,7 +77,18 @@ class CMATEnv(gym.Env[str, str]):
 
     @property
     def domain_env(self) -> TextEnv:
+        """The domain env the loop runs (no Gymnasium wrappers)."""
         return self.loop.domain_env
+
+    @property
+    def domain(self) -> str:
+        """The domain's name, as ``env.unwrapped.domain`` of a bare domain env."""
+        return self.loop.domain_env.domain
+
+    @property
+    def grammar(self) -> Grammar:
+        """The domain's action grammar (the Assistant acts in it, as in the bare env)."""
+        return self.loop.domain_env.grammar
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
@@ -101,9 +113,10 @@ class CMATEnv(gym.Env[str, str]):
                 loop.step(self.user.speak(loop.public_task, loop.pending_question))
             elif loop.agent_selection == CHECKER:
                 proposal = loop.pending_action or ""
-                loop.step(self.checker.review(loop.public_task, loop.dialogue[:-1], proposal, loop.domain_env))
+                loop.step(self.checker.review(loop.public_task, loop.dialogue[:-1], proposal, loop.domain_env,
+                                              parsed=loop.pending_parsed))
         # The loop builds a fresh info dict every turn, so it is handed out without a copy.
-        return (loop.observe(ASSISTANT)["text"], float(loop._cumulative_rewards[ASSISTANT]),
+        return (loop.observe(ASSISTANT)["text"], loop.cumulative_reward(ASSISTANT),
                 loop.terminations[ASSISTANT], loop.truncations[ASSISTANT], loop.infos[ASSISTANT])
 
     def render(self) -> str | None:
@@ -115,7 +128,7 @@ class CMATEnv(gym.Env[str, str]):
 
 
 def make_cmat(
-    env_id: str | TextEnv = "cmat/DB-v0",
+    env_id: str | TextEnv,
     *,
     checker: str | Checker | None = "rule",
     user: User | None = None,

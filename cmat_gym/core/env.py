@@ -1,11 +1,12 @@
 """TextEnv: the base class every domain environment derives from.
 
 The base owns everything that is the same in every domain (intercode's split): task selection
-from a seed or a file, parsing the Assistant's raw text, the trajectory, termination on a final
-answer, truncation after ``max_rounds``, sanitising observations into the Text space, and
-rendering. A domain implements only how to set up a task (:meth:`TextEnv._setup`), run one
-operation (:meth:`TextEnv._execute`) and score a final answer (:meth:`TextEnv._evaluate`), plus
-how to make and load tasks.
+from a seed or a file, parsing the Assistant's raw text with the domain's grammar, the trajectory,
+termination on a final answer, truncation after ``max_rounds``, sanitising observations into the
+Text space, and rendering. A domain implements only how to set up a task (:meth:`TextEnv._setup`),
+run one tool call (:meth:`TextEnv._execute`) and score a final answer (:meth:`TextEnv._evaluate`),
+plus how to make and load tasks; it declares its tools in ``grammar`` and registers itself with
+one :func:`~cmat_gym.core.domain.register_domain` call.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, ClassVar
 
 import gymnasium as gym
 
-from cmat_gym.core.actions import ANSWER, ActionError, Grammar, ParsedAction, parse_action
+from cmat_gym.core.actions import ANSWER, ActionError, Grammar, ParsedAction
 from cmat_gym.core.task import SPLITS, Task
 from cmat_gym.core.text import DEFAULT_MAX_ACTION_CHARS, DEFAULT_MAX_OBS_CHARS, sanitize, text_space
 
@@ -50,7 +51,8 @@ class TextEnv(gym.Env[str, str]):
             domain's format (e.g. AgentBench's), or a sequence of :class:`Task`.
         split: ``"train"`` or ``"test"`` (procedural tasks only; the two are disjoint).
         difficulty: 1-3, or None to draw one per episode (procedural tasks only).
-        max_rounds: operations allowed before the episode is truncated.
+        max_rounds: actions allowed before the episode is truncated (default: the class's
+            ``default_max_rounds``, the one definition of a domain's step limit).
         render_mode: ``"ansi"`` (``render()`` returns the transcript) or ``"human"`` (prints it).
         max_obs_chars: observations longer than this are cut with a visible marker.
     """
@@ -130,12 +132,13 @@ class TextEnv(gym.Env[str, str]):
         """Prepare the backend for ``task`` (fresh state; nothing from earlier episodes)."""
         raise NotImplementedError
 
-    def _execute(self, code: str) -> str:
-        """Run one operation and return what the Assistant sees; errors become text, never raise."""
+    def _execute(self, action: ParsedAction) -> str:
+        """Run one operation (a tool call of kind ``"operation"``) and return what the Assistant sees;
+        errors become text, never raise."""
         raise NotImplementedError
 
     def _evaluate(self, answers: list[str]) -> Evaluation:
-        """Score the final answer against the task's gold data."""
+        """Score the final answer against the task's gold data, without side effects."""
         raise NotImplementedError
 
     def _first_observation(self, task: Task) -> str:
@@ -171,7 +174,14 @@ class TextEnv(gym.Env[str, str]):
         if self._done or self.task is None:
             return self._finish_step(action, "The episode is over: call reset() to start a new task.",
                                      error="episode_over", terminated=True)
-        parsed = parse_action(action, self.grammar)
+        return self.step_parsed(action, self.grammar.parse(action))
+
+    def step_parsed(self, action: str, parsed: ParsedAction | ActionError) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        """:meth:`step` with ``action`` already parsed by ``self.grammar`` (the CMAT loop parses each
+        proposal once, for the checker and the env)."""
+        if self._done or self.task is None:
+            return self._finish_step(action, "The episode is over: call reset() to start a new task.",
+                                     error="episode_over", terminated=True)
         if isinstance(parsed, ActionError):
             # A malformed action costs a round (as in AgentBench) but changes no state.
             self.rounds += 1
@@ -181,18 +191,25 @@ class TextEnv(gym.Env[str, str]):
             return self._finish_answer(action, parsed)
         self.rounds += 1
         try:
-            observation = self._execute(parsed.value)
+            observation = self._execute(parsed)
             error = None
         except Exception as exc:  # a backend bug must not kill a training run; report it instead
             observation, error = f"Error: internal {type(exc).__name__}: {exc}", "internal_error"
         return self._finish_step(action, observation, parsed=parsed, error=error,
                                  truncated=self.rounds >= self.max_rounds)
 
-    def _finish_answer(self, action: str, parsed: ParsedAction) -> tuple[str, float, bool, bool, dict[str, Any]]:
+    def score_answer(self, answers: Sequence[str]) -> Evaluation:
+        """Score ``answers`` as the current task's final answer, without ending the episode or changing
+        any state (hindsight for a rejected answer uses this). A grading error scores 0 with the reason."""
+        if self.task is None:
+            raise RuntimeError("Expects a task: call reset() first")
         try:
-            evaluation = self._evaluate(list(parsed.value))
+            return self._evaluate(list(answers))
         except Exception as exc:  # an error is a failed task, never a dropped sample
-            evaluation = Evaluation(0.0, False, 0.0, {"error": f"{type(exc).__name__}: {exc}"})
+            return Evaluation(0.0, False, 0.0, {"error": f"{type(exc).__name__}: {exc}"})
+
+    def _finish_answer(self, action: str, parsed: ParsedAction) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        evaluation = self.score_answer(parsed.value)
         verdict = "correct" if evaluation.success else "incorrect"
         observation = f"Final answer received ({verdict}). Score: {evaluation.score:g}."
         return self._finish_step(action, observation, parsed=parsed, terminated=True, evaluation=evaluation)

@@ -1,14 +1,17 @@
-"""One folder per domain; each exposes its TextEnv subclass."""
+"""One folder per domain. Importing this package imports every domain folder in it, and each
+folder's ``__init__.py`` registers its domain with one ``register_domain(...)`` call (see
+:mod:`cmat_gym.core.domain`): adding a domain touches nothing outside its folder."""
 
 from __future__ import annotations
 
-from cmat_gym.core.env import TextEnv
+import importlib
+import pkgutil
 
 
-def domain_env_class(domain: str) -> type[TextEnv]:
-    """The env class of a domain name (``"db"``, ...)."""
-    if domain == "db":
-        from cmat_gym.domains.db.env import DBEnv
+def _import_domains() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        if module.ispkg:
+            importlib.import_module(f"{__name__}.{module.name}")
 
-        return DBEnv
-    raise ValueError(f"Expects a known domain ('db'), actual {domain!r}")
+
+_import_domains()

@@ -19,7 +19,7 @@ from cmat_gym.evaluation import run_episodes
 
 @pytest.fixture(scope="module")
 def agent() -> ChatAgent:
-    return make_policy("tiny-random", device="cpu", max_new_tokens=6, max_batch=4)
+    return make_policy("tiny-random", device="cpu", max_new_tokens=6, max_batch=4, domain="db")
 
 
 def test_registry_builds_chat_agents(agent: ChatAgent) -> None:
@@ -29,7 +29,7 @@ def test_registry_builds_chat_agents(agent: ChatAgent) -> None:
     assert is_model_policy("smollm2") and is_model_policy("tiny-random") and not is_model_policy("oracle")
     folder = cache_dir() / TINY_RANDOM  # built by the fixture; any local model folder is a policy
     assert is_model_policy(str(folder))
-    assert isinstance(make_policy(str(folder), device="cpu", max_new_tokens=2), ChatAgent)
+    assert isinstance(make_policy(str(folder), device="cpu", max_new_tokens=2, domain="db"), ChatAgent)
     with pytest.raises(ValueError, match="Expects a policy in"):
         make_policy("/no/such/model/folder")
 
@@ -50,7 +50,7 @@ def test_histories_are_per_slot_and_reset(agent: ChatAgent) -> None:
     assert agent.histories[1][2] == {"role": "user", "content": "result for B"}
     # the prompt of slot 1 holds its own history only
     prompt = agent.lm.tokenizer.decode(agent.last_completions[0].prompt_ids)
-    assert "task B" in prompt and "task A" not in prompt and GRAMMAR.operation_tool in prompt
+    assert "task B" in prompt and "task A" not in prompt and "execute_sql" in prompt
     agent.reset(slots=[1])
     assert 1 not in agent.histories and len(agent.histories[0]) == 2
     agent.reset()

@@ -18,7 +18,7 @@ def play(env: gym.Env, policy: Policy, options: dict, seed: int = 0) -> dict:
     policy.reset()
     done = False
     while not done:
-        action = policy.act([observation], [env.unwrapped.task])[0]
+        action = policy.act([observation], tasks=[env.unwrapped.task])[0]
         observation, _, terminated, truncated, info = env.step(action)
         done = terminated or truncated
     return info
@@ -56,27 +56,27 @@ def test_oracle_plays_one_action_per_call_and_restarts_after_reset() -> None:
     task = DBEnv.generate_task(3, "train", 2)
     script = DBEnv.oracle_actions(task)
     oracle = OraclePolicy()
-    played = [oracle.act(["obs"], [task])[0] for _ in script]
+    played = [oracle.act(["obs"], tasks=[task])[0] for _ in script]
     assert played == script
-    oracle.act(["obs"], [task])
+    oracle.act(["obs"], tasks=[task])
     oracle.reset()
-    assert oracle.act(["obs"], [task])[0] == script[0]
+    assert oracle.act(["obs"], tasks=[task])[0] == script[0]
 
 
 def test_oracle_batch_slots_are_independent() -> None:
     a, b = DBEnv.generate_task(1, "train", 1), DBEnv.generate_task(2, "train", 3)
     oracle = OraclePolicy()
-    first = oracle.act(["", ""], [a, b])
+    first = oracle.act(["", ""], tasks=[a, b])
     assert first == [DBEnv.oracle_actions(a)[0], DBEnv.oracle_actions(b)[0]]
     oracle.reset([0])  # slot 0 starts over; slot 1 goes on
-    second = oracle.act(["", ""], [a, b])
+    second = oracle.act(["", ""], tasks=[a, b])
     assert second[0] == DBEnv.oracle_actions(a)[0]
     assert second[1] == DBEnv.oracle_actions(b)[1]
 
 
 def _random_run(seed: int, episodes: int = 5) -> list[str]:
     env = gym.make("cmat/DB-v0", split="test", difficulty=2)
-    policy = RandomPolicy(seed)
+    policy = RandomPolicy(seed, domain="db")
     actions = []
     for i in range(episodes):
         observation, _ = env.reset(seed=100 + i)
@@ -98,7 +98,7 @@ def test_random_policy_is_deterministic_given_its_seed() -> None:
 
 def test_random_policy_speaks_the_grammar(agentbench_db_path) -> None:
     env = gym.make("cmat/DB-v0", tasks=str(agentbench_db_path))
-    policy = RandomPolicy(0, answer_prob=0.05)
+    policy = RandomPolicy(0, answer_prob=0.05, domain="db")
     errors, operations, answers = 0, 0, 0
     for i in range(20):
         observation, _ = env.reset(seed=i, options={"task_index": i})
@@ -118,15 +118,15 @@ def test_random_policy_speaks_the_grammar(agentbench_db_path) -> None:
 
 def test_random_policy_reset_gives_slots_fresh_streams() -> None:
     obs = "The name of this table is t, and the headers of this table are a,b,c."
-    policy = RandomPolicy(1)
+    policy = RandomPolicy(1, domain="db")
     first = [policy.act([obs, obs])[0] for _ in range(5)]
     policy.reset([1])  # another slot's reset does not disturb slot 0
-    fresh = RandomPolicy(1)
+    fresh = RandomPolicy(1, domain="db")
     assert [fresh.act([obs, obs])[0] for _ in range(5)] == first
     policy.reset()
     again = [policy.act([obs])[0] for _ in range(5)]
     assert again != first  # a new episode draws from a new stream...
-    replay = RandomPolicy(1)
+    replay = RandomPolicy(1, domain="db")
     [replay.act([obs])[0] for _ in range(5)]
     replay.reset()
     assert [replay.act([obs])[0] for _ in range(5)] == again  # ...which is still determined by the seed
@@ -134,14 +134,14 @@ def test_random_policy_reset_gives_slots_fresh_streams() -> None:
 
 def test_random_policy_uses_the_table_names() -> None:
     obs = "The name of this table is Sales Data, and the headers of this table are Region,Total."
-    policy = RandomPolicy(0, answer_prob=0.0)
+    policy = RandomPolicy(0, answer_prob=0.0, domain="db")
     queries = [a for a in (policy.act([obs])[0] for _ in range(30)) if "SELECT" in a and "FROM" in a]
     assert queries and all("Sales Data" in q for q in queries)
 
 
 def test_make_policy_by_name() -> None:
     assert isinstance(make_policy("oracle"), OraclePolicy)
-    policy = make_policy("random", seed=3)
+    policy = make_policy("random", seed=3, domain="db")
     assert isinstance(policy, RandomPolicy) and policy.seed == 3
     assert isinstance(policy, Policy)
     assert {"oracle", "random"} <= set(POLICIES)

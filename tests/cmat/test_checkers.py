@@ -18,9 +18,10 @@ from cmat_gym.cmat.checkers import (
     parse_verdict,
     public_task,
 )
+from cmat_gym.core.actions import ParsedAction
 from cmat_gym.core.task import Task
 from cmat_gym.domains.db.checker import DBHooks, DBRuleChecker, dry_run, has_top_level_where, task_intent
-from cmat_gym.domains.db.env import DBEnv
+from cmat_gym.domains.db.env import GRAMMAR, DBEnv
 
 TABLES = [
     {"name": "customers", "columns": [["id", "INTEGER"], ["name", "TEXT"], ["city", "TEXT"]],
@@ -269,17 +270,24 @@ def test_gold_actions_are_never_rejected(agentbench_db_path: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- hindsight
+def sql(text: str) -> ParsedAction:
+    """The parsed operation running ``text`` (what the loop hands the hooks)."""
+    parsed = GRAMMAR.parse(GRAMMAR.call("execute_sql", sql=text))
+    assert isinstance(parsed, ParsedAction)
+    return parsed
+
+
 def test_hindsight_of_dry_runs(env: DBEnv) -> None:
     hooks = DBHooks()
-    assert hooks.dry_run_ok(env, "SELECT * FROM customers") is True
-    assert hooks.dry_run_ok(env, "SELECT * FROM nowhere") is False
-    assert hooks.dry_run_ok(env, "DELETE FROM orders") is False  # a question task: changing data is bad
+    assert hooks.dry_run_ok(env, sql("SELECT * FROM customers")) is True
+    assert hooks.dry_run_ok(env, sql("SELECT * FROM nowhere")) is False
+    assert hooks.dry_run_ok(env, sql("DELETE FROM orders")) is False  # a question task: changing data is bad
     env.reset(options={"task_index": 1})
-    assert hooks.dry_run_ok(env, "DELETE FROM orders") is True  # runs fine on a change task
-    assert hooks.dry_run_ok(env, "INSERT INTO customers VALUES (1, 'x', 'y')") is False
+    assert hooks.dry_run_ok(env, sql("DELETE FROM orders")) is True  # runs fine on a change task
+    assert hooks.dry_run_ok(env, sql("INSERT INTO customers VALUES (1, 'x', 'y')")) is False
     assert len(env.sandbox.table_rows("orders")) == 3
-    assert "1 row affected (rolled back)" in hooks.dry_run_text(env, "DELETE FROM orders WHERE id = 1")
-    assert "returns 2 rows" in hooks.dry_run_text(env, "SELECT * FROM customers WHERE city = 'Paris'")
+    assert "1 row affected (rolled back)" in hooks.dry_run_text(env, sql("DELETE FROM orders WHERE id = 1"))
+    assert "returns 2 rows" in hooks.dry_run_text(env, sql("SELECT * FROM customers WHERE city = 'Paris'"))
 
 
 # ---------------------------------------------------------------------------- other checkers
@@ -335,7 +343,8 @@ def test_no_checker_and_make_checker() -> None:
     assert NoChecker().review(QUESTION, [], "anything") == Verdict(True, "", None)
     assert isinstance(make_checker("rule", "db"), DBRuleChecker)
     assert isinstance(make_checker("none", "db"), NoChecker)
-    assert isinstance(make_checker("rule", "os"), NoChecker)  # a domain without a rule checker
+    with pytest.raises(ValueError, match="registered domain"):
+        make_checker("rule", "no-such-domain")
     with pytest.raises(ValueError):
         make_checker("llm", "db")
     with pytest.raises(ValueError):

@@ -3,6 +3,9 @@ rewards, and the parallel form's turn convention."""
 
 from __future__ import annotations
 
+import functools
+from types import SimpleNamespace
+
 import pettingzoo
 import pytest
 from pettingzoo.test import (
@@ -15,12 +18,12 @@ from pettingzoo.test import (
 )
 
 import cmat_gym  # noqa: F401  (registers the envs)
-from cmat_gym.cmat import pettingzoo_env
 from cmat_gym.cmat.checkers import Verdict
 from cmat_gym.cmat.pettingzoo_env import ASSISTANT, CHECKER, USER, env, parallel_env, raw_env
 from cmat_gym.core.text import CHARSET
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # api_test's advice for Box spaces
+DB = "cmat/DB-v0"
 
 
 def op(sql: str) -> str:
@@ -29,24 +32,24 @@ def op(sql: str) -> str:
 
 # ---------------------------------------------------------------------------- PettingZoo's tests
 def test_api_test() -> None:
-    api_test(env(), num_cycles=200)
+    api_test(env(DB), num_cycles=200)
 
 
 def test_parallel_api_test() -> None:
-    parallel_api_test(parallel_env(), num_cycles=200)
+    parallel_api_test(parallel_env(DB), num_cycles=200)
 
 
 def test_seed_tests() -> None:
-    seed_test(env, num_cycles=50)
-    parallel_seed_test(parallel_env, num_cycles=50)
+    seed_test(functools.partial(env, DB), num_cycles=50)
+    parallel_seed_test(functools.partial(parallel_env, DB), num_cycles=50)
 
 
 def test_max_cycles_test() -> None:
-    max_cycles_test(pettingzoo_env)
+    max_cycles_test(SimpleNamespace(env=functools.partial(env, DB), parallel_env=functools.partial(parallel_env, DB)))
 
 
 def test_render_test(capsys: pytest.CaptureFixture[str]) -> None:
-    render_test(env)
+    render_test(functools.partial(env, DB))
     assert "--- USER ---" in capsys.readouterr().out
 
 
@@ -61,7 +64,7 @@ def test_registered_in_pettingzoo() -> None:
 
 # ---------------------------------------------------------------------------- spaces
 def test_spaces_are_text_dicts_fresh_per_agent_and_instance() -> None:
-    a, b = raw_env(), raw_env()
+    a, b = raw_env(DB), raw_env(DB)
     spaces = [e.observation_space(agent) for e in (a, b) for agent in a.possible_agents]
     spaces += [e.action_space(agent) for e in (a, b) for agent in a.possible_agents]
     assert len({id(s) for s in spaces}) == len(spaces)
@@ -78,7 +81,7 @@ def play_to_checker(aec: raw_env, action: str) -> None:
 
 
 def test_turn_order_rewards_and_termination() -> None:
-    aec = raw_env(checker_weight=0.5)
+    aec = raw_env(DB, checker_weight=0.5)
     aec.reset(seed=0, options={"task_index": 3})
     task = aec.task
     assert aec.agent_selection == USER and task.instruction in aec.observe(USER)["text"]
@@ -104,7 +107,7 @@ def test_turn_order_rewards_and_termination() -> None:
 
 
 def test_checker_is_punished_for_approving_a_bad_action_and_unreadable_text_approves() -> None:
-    aec = raw_env()
+    aec = raw_env(DB)
     aec.reset(seed=0, options={"task_index": 3})
     aec.step(aec.task.instruction)
     play_to_checker(aec, op("SELECT * FROM no_such_table"))
@@ -120,7 +123,7 @@ def test_checker_is_punished_for_approving_a_bad_action_and_unreadable_text_appr
 
 
 def test_ask_goes_to_the_user_and_back() -> None:
-    aec = raw_env()
+    aec = raw_env(DB)
     aec.reset(seed=0, options={"task_index": 3})
     aec.step(aec.task.instruction)
     aec.step("Action: Ask\nWhich tables can I use?")
@@ -132,7 +135,7 @@ def test_ask_goes_to_the_user_and_back() -> None:
 
 
 def test_max_cycles_counts_assistant_turns() -> None:
-    aec = raw_env(max_cycles=2)
+    aec = raw_env(DB, max_cycles=2)
     aec.reset(seed=0)
     aec.step(aec.task.instruction)
     for _ in range(2):
@@ -143,24 +146,24 @@ def test_max_cycles_counts_assistant_turns() -> None:
 
 
 def test_reset_ignores_unknown_options_and_passes_task_options() -> None:
-    aec = raw_env()
+    aec = raw_env(DB)
     aec.reset(seed=1, options={"options": 1, "task_index": 5, "difficulty": 2})
     assert aec.task.difficulty == 2
 
 
 def test_render_modes() -> None:
-    aec = raw_env(render_mode="ansi")
+    aec = raw_env(DB, render_mode="ansi")
     aec.reset(seed=0)
     aec.step(aec.task.instruction)
     text = aec.render()
     assert text.startswith("--- USER ---") and aec.task.instruction in text
     with pytest.raises(ValueError):
-        raw_env(render_mode="rgb_array")
+        raw_env(DB, render_mode="rgb_array")
 
 
 # ---------------------------------------------------------------------------- the parallel form
 def test_parallel_form_steps_only_the_active_agent() -> None:
-    par = parallel_env()
+    par = parallel_env(DB)
     observations, infos = par.reset(seed=0, options={"task_index": 3})
     assert infos[ASSISTANT]["active_agent"] == USER == par.active_agent
     task = par.task
@@ -181,7 +184,7 @@ def test_parallel_form_steps_only_the_active_agent() -> None:
 
 
 def test_parallel_max_cycles_counts_turns() -> None:
-    par = parallel_env(max_cycles=3)
+    par = parallel_env(DB, max_cycles=3)
     par.reset(seed=0)
     steps = 0
     while par.agents:

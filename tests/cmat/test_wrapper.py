@@ -14,8 +14,8 @@ import cmat_gym  # noqa: F401  (registers the envs)
 from cmat_gym.agents.policies import OraclePolicy, RandomPolicy
 from cmat_gym.cmat.checkers import Checker, Verdict
 from cmat_gym.cmat.memory import ReflectionStore
-from cmat_gym.cmat.roles import FIXED_REPLIES
 from cmat_gym.cmat.wrapper import CMATEnv, make_cmat
+from cmat_gym.core.domain import get_domain
 from cmat_gym.domains.db.env import DBEnv
 
 PER_TURN_KEYS = {"checker_verdict", "checker_feedback", "checker_score", "hindsight", "success", "score"}
@@ -42,7 +42,7 @@ class Always(Checker):
     def __init__(self, approve: bool) -> None:
         self.approve = approve
 
-    def review(self, task: Any, history: Any, action: str, env: Any = None) -> Verdict:
+    def review(self, task: Any, history: Any, action: str, env: Any = None, *, parsed: Any = None) -> Verdict:
         return Verdict(self.approve, "" if self.approve else "blocked", None)
 
 
@@ -122,7 +122,7 @@ def test_rejected_action_does_not_run_and_its_feedback_is_the_next_observation()
 
 def test_random_assistant_gets_rejected_with_useful_feedback() -> None:
     env = make_cmat("cmat/DB-v0", checker="rule")
-    policy = RandomPolicy(seed=3)
+    policy = RandomPolicy(seed=3, domain="db")
     feedback: list[str] = []
     precision = []
     for i in range(15):
@@ -186,7 +186,7 @@ def test_questions_are_answered_by_the_scripted_user() -> None:
     assert info["checker_verdict"] is None and info["question"] == "What are the table names?"
     assert PER_TURN_KEYS <= set(info) and env.domain_env.rounds == 0
     obs = env.step('{"tool": "ask_user", "args": {"question": "Should I hurry?"}}')[0]
-    assert obs == f"User: {FIXED_REPLIES['db']}"
+    assert obs == f"User: {get_domain('db').user_reply}"
 
 
 def test_history_turns_pins_the_request_and_keeps_recent_turns() -> None:

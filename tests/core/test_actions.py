@@ -10,18 +10,27 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cmat_gym.core.actions import ActionError, Grammar, ParsedAction, parse_action, parse_answer_list
+from cmat_gym.core.actions import (
+    ANSWER,
+    ActionError,
+    Arg,
+    BlockProtocol,
+    Grammar,
+    ParsedAction,
+    Tool,
+    parse_action,
+    parse_answer_list,
+)
 from cmat_gym.core.text import CHARSET, TRUNCATION_MARKER, sanitize, text_space
 
 # The same grammar as DB-v0, defined here so the core parser is tested on its own.
 G = Grammar(
-    operation_tool="execute_sql",
-    operation_arg="sql",
-    answer_tool="commit_final_answer",
-    answer_arg="answers",
-    code_languages=("sql", "sqlite", "mysql"),
-    operation_example="Action: Operation\n```sql\nSELECT * FROM table_name LIMIT 3;\n```",
-    answer_example='Action: Answer\nFinal Answer: ["answer 1", "answer 2"]',
+    tools=(
+        Tool("execute_sql", (Arg("sql", "string", "one SQL statement"),), "run one SQL statement"),
+        Tool("commit_final_answer", (Arg("answers", "array", "the answer values"),), "the final answer",
+             kind=ANSWER),
+    ),
+    protocols=(BlockProtocol("execute_sql", "Operation", ("sql", "sqlite", "mysql")),),
 )
 
 
@@ -111,8 +120,9 @@ def test_a_lone_fenced_block_is_an_operation():
 
 def test_text_protocol_source_is_text():
     parsed = parse_action("Action: Operation\n```sql\nSELECT 1\n```", G)
-    assert parsed == ParsedAction("operation", "SELECT 1", "text")
-    assert parsed.to_dict() == {"kind": "operation", "value": "SELECT 1", "source": "text"}
+    assert parsed == ParsedAction("operation", "SELECT 1", "text", "execute_sql", {"sql": "SELECT 1"})
+    assert parsed.to_dict() == {"kind": "operation", "value": "SELECT 1", "source": "text", "tool": "execute_sql",
+                                "args": {"sql": "SELECT 1"}}
 
 
 # ---------------------------------------------------------------------- AgentBench text protocol: answers
@@ -192,7 +202,7 @@ def test_parse_answer_list_directly(raw, expected):
 # ---------------------------------------------------------------------- JSON tool calls
 def test_json_tool_call_operation():
     parsed = parse_action('{"tool": "execute_sql", "args": {"sql": "SELECT 1"}}', G)
-    assert parsed == ParsedAction("operation", "SELECT 1", "json")
+    assert parsed == ParsedAction("operation", "SELECT 1", "json", "execute_sql", {"sql": "SELECT 1"})
 
 
 def test_json_tool_call_answer_values_become_strings():
@@ -228,7 +238,7 @@ def test_openai_style_call_with_plain_string_arguments_is_the_sql():
 def test_fenced_json_tool_call():
     text = 'I will answer now.\n```json\n{"tool": "commit_final_answer", "args": {"answers": ["a"]}}\n```'
     parsed = parse_action(text, G)
-    assert parsed == ParsedAction("answer", ["a"], "json")
+    assert parsed == ParsedAction("answer", ["a"], "json", "commit_final_answer", {"answers": ["a"]})
 
 
 def test_json_tool_call_with_surrounding_whitespace():
@@ -259,7 +269,7 @@ HELP_FRAGMENTS = ("Action: Operation", "Final Answer", '"tool"')
         ('{"tool": "drop_database", "args": {}}', "Unknown tool 'drop_database'"),
         ('{"tool": "execute_sql", "args": {"sql": ""}}', "non-empty string argument 'sql'"),
         ('{"tool": "execute_sql", "args": {"sql": 5}}', "non-empty string argument 'sql'"),
-        ('{"tool": "execute_sql", "args": {}}', "non-empty string argument 'sql'"),
+        ('{"tool": "execute_sql", "args": {}}', "needs the argument 'sql' (string)"),
         ('{"tool": "commit_final_answer", "args": {}}', "argument 'answers'"),
         ('{"tool": "execute_sql", "args": [1, 2]}', "Expects 'args' to be an object, actual list"),
         ('{"tool": "execute_sql", "args": null}', "Expects 'args' to be an object, actual NoneType"),

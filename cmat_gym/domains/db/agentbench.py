@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from cmat_gym.core.task import Task
+from cmat_gym.core.taskfile import read_records
+from cmat_gym.domains.db.scoring import MUTATION_KINDS
 
-MUTATION_KINDS = ("INSERT", "UPDATE", "DELETE")
 _MD5 = re.compile(r"[0-9a-f]{32}")
-
-
-def read_records(path: str) -> list[dict[str, Any]]:
-    """The raw records of a JSON (a list) or JSONL (one object a line) file."""
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        records = json.loads(stripped)
-    else:
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    if not all(isinstance(r, dict) for r in records):
-        raise ValueError(f"Expects {path} to hold JSON objects, one per task")
-    return records
 
 
 def parse_answer_md5(raw: Any) -> str | None:
@@ -88,3 +75,21 @@ def _describe(tables: list[dict[str, Any]]) -> str:
         f"The name of this table is {t['name']}, and the headers of this table are "
         f"{','.join(c[0] for c in t['columns'])}." for t in tables
     )
+
+
+HEADLINE_CATEGORIES = ("SELECT", "INSERT", "UPDATE")
+
+
+def dbbench_headline(tasks: Sequence[Task], solved: Sequence[bool]) -> dict[str, Any]:
+    """AgentBench's ``overall_cat_accuracy``: the mean of the SELECT, INSERT and UPDATE accuracies
+    (SELECT = every non-mutation kind; DELETE is in none of the three; an absent category counts 0,
+    as in AgentBench)."""
+    per: dict[str, list[bool]] = {c: [] for c in HEADLINE_CATEGORIES}
+    for task, ok in zip(tasks, solved, strict=True):
+        kind = task.payload["kind"]
+        category = kind if kind in MUTATION_KINDS else "SELECT"
+        if category in per:
+            per[category].append(bool(ok))
+    accuracy = {c: (sum(v) / len(v) if v else 0.0) for c, v in per.items()}
+    return {"headline": sum(accuracy.values()) / len(accuracy), "accuracy": accuracy,
+            "counts": {c: len(v) for c, v in per.items()}}

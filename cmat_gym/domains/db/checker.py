@@ -39,12 +39,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cmat_gym.cmat.checkers import Checker, DomainHooks, Turn, Verdict, parse_cached
-from cmat_gym.core.actions import ANSWER, ActionError
+from cmat_gym.core.actions import ANSWER, ActionError, ParsedAction
+from cmat_gym.core.checking import Checker, DomainHooks, Turn, Verdict, parsed_or_parse
 from cmat_gym.core.task import Task
-from cmat_gym.domains.db.agentbench import MUTATION_KINDS
 from cmat_gym.domains.db.backend import SQLiteSandbox, quote_ident
-from cmat_gym.domains.db.env import GRAMMAR
+from cmat_gym.domains.db.scoring import MUTATION_KINDS
 
 if TYPE_CHECKING:
     from cmat_gym.core.env import TextEnv
@@ -324,11 +323,12 @@ class DBRuleChecker(Checker):
 
     name = "rule"
 
-    def review(self, task: Task, history: Sequence[Turn], action: str, env: TextEnv | None = None) -> Verdict:
+    def review(self, task: Task, history: Sequence[Turn], action: str, env: TextEnv | None = None, *,
+               parsed: ParsedAction | ActionError | None = None) -> Verdict:
         sandbox = getattr(env, "sandbox", None)
         if not isinstance(sandbox, SQLiteSandbox):
             raise TypeError("DBRuleChecker needs the live DB environment: review(..., env=<DBEnv>)")
-        parsed = parse_cached(action, GRAMMAR) if isinstance(action, str) else ActionError("Expects text")
+        parsed = parsed_or_parse(action, env, parsed)
         if isinstance(parsed, ActionError):
             return Verdict(False, f"malformed action: {parsed.message}", 0.0)
         intent = task_intent(task.instruction)
@@ -392,7 +392,8 @@ class DBHooks(DomainHooks):
     def rule_checker(self) -> Checker:
         return DBRuleChecker()
 
-    def snapshot(self, env: TextEnv, code: str) -> Any:
+    def snapshot(self, env: TextEnv, action: ParsedAction) -> Any:
+        code = action.args["sql"]
         # total_changes counts rows changed; only DDL changes the schema, and DDL needs one of these
         # words, so the schema cookie is read only then (it costs a query).
         sandbox: SQLiteSandbox = env.sandbox  # type: ignore[attr-defined]
@@ -400,7 +401,7 @@ class DBHooks(DomainHooks):
             return sandbox.conn.total_changes, sandbox.query_trusted("PRAGMA schema_version")[0][0]
         return sandbox.conn.total_changes, None
 
-    def executed_ok(self, env: TextEnv, code: str, observation: str, snapshot: Any) -> bool | None:
+    def executed_ok(self, env: TextEnv, action: ParsedAction, observation: str, snapshot: Any) -> bool | None:
         if observation.startswith("Error"):
             return False
         if is_change_task(env.task):
@@ -411,12 +412,13 @@ class DBHooks(DomainHooks):
             return False
         return schema is None or sandbox.query_trusted("PRAGMA schema_version")[0][0] == schema
 
-    def dry_run_ok(self, env: TextEnv, code: str) -> bool | None:
-        run = dry_run(env.sandbox, code)  # type: ignore[attr-defined]
+    def dry_run_ok(self, env: TextEnv, action: ParsedAction) -> bool | None:
+        run = dry_run(env.sandbox, action.args["sql"])  # type: ignore[attr-defined]
         return run.error is None and (is_change_task(env.task) or not run.changed)
 
-    def dry_run_text(self, env: TextEnv, code: str) -> str | None:
+    def dry_run_text(self, env: TextEnv, action: ParsedAction) -> str | None:
         sandbox: SQLiteSandbox = env.sandbox  # type: ignore[attr-defined]
+        code = action.args["sql"]
         run = dry_run(sandbox, code)
         if run.error:
             return f"error: {explain_error(sandbox, code, run.error)}"

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from typing import Any
 
-from cmat_gym.core.actions import Grammar
+from cmat_gym.core.actions import ANSWER, Arg, BlockProtocol, Grammar, ParsedAction, Tool
 from cmat_gym.core.env import Evaluation, TextEnv
+from cmat_gym.core.scoring import answer_overlap, answers_match
 from cmat_gym.core.task import Task
-from cmat_gym.domains.db import scoring
-from cmat_gym.domains.db.agentbench import MUTATION_KINDS, load_dbbench
+from cmat_gym.domains.db.agentbench import load_dbbench
 from cmat_gym.domains.db.backend import QueryResult, SQLiteSandbox, Table
+from cmat_gym.domains.db.scoring import MUTATION_KINDS, row_diff_score
 
 GRAMMAR = Grammar(
-    operation_tool="execute_sql",
-    operation_arg="sql",
-    answer_tool="commit_final_answer",
-    answer_arg="answers",
-    code_languages=("sql", "sqlite", "mysql"),
-    operation_example="Action: Operation\n```sql\nSELECT * FROM table_name LIMIT 3;\n```",
-    answer_example='Action: Answer\nFinal Answer: ["answer 1", "answer 2"]',
+    tools=(
+        Tool("execute_sql", (Arg("sql", "string", "one SQL statement"),),
+             "run one SQL statement on the database and see its result"),
+        Tool("commit_final_answer", (Arg("answers", "array", "the answer values (any list for a change)"),),
+             "give the final answer and end the task", kind=ANSWER),
+    ),
+    protocols=(BlockProtocol("execute_sql", "Operation", ("sql", "sqlite", "mysql")),),
+    examples=("Action: Operation\n```sql\nSELECT * FROM table_name LIMIT 3;\n```",
+              'Action: Answer\nFinal Answer: ["answer 1", "answer 2"]'),
 )
 
 MAX_CELL_CHARS = 200
@@ -80,25 +81,24 @@ class DBEnv(TextEnv):
     @classmethod
     def oracle_actions(cls, task: Task) -> list[str]:
         payload = task.payload
-        actions = [f"Action: Operation\n```sql\n{sql}\n```" for sql in payload["gold_sql"]]
-        answer = payload["label"] if payload["kind"] not in MUTATION_KINDS else ["done"]
-        actions.append(f"Action: Answer\nFinal Answer: {_json_list(answer)}")
+        actions = [GRAMMAR.call("execute_sql", sql=sql) for sql in payload["gold_sql"]]
+        actions.append(GRAMMAR.answer(payload["label"] if payload["kind"] not in MUTATION_KINDS else ["done"]))
         return actions
 
     # ----------------------------------------------------------------- episode
     def _setup(self, task: Task) -> None:
         self.sandbox.load(tables_of(task))
 
-    def _execute(self, code: str) -> str:
-        return format_result(self.sandbox.execute(code))
+    def _execute(self, action: ParsedAction) -> str:
+        return format_result(self.sandbox.execute(action.args["sql"]))
 
     def _evaluate(self, answers: list[str]) -> Evaluation:
         payload = self.task.payload
         if payload["kind"] in MUTATION_KINDS:
             return self._evaluate_change()
         label = payload["label"]
-        success = scoring.answers_match(answers, label)
-        return Evaluation(float(success), success, scoring.answer_overlap(answers, label),
+        success = answers_match(answers, label)
+        return Evaluation(float(success), success, answer_overlap(answers, label),
                           {"kind": payload["kind"], "answer": answers})
 
     def _evaluate_change(self) -> Evaluation:
@@ -118,7 +118,7 @@ class DBEnv(TextEnv):
             gold.load(tables_of(self.task))
             for sql in payload["gold_sql"]:
                 gold.execute(sql)
-            return scoring.row_diff_score(self.sandbox.table_rows(target), gold.table_rows(target))
+            return row_diff_score(self.sandbox.table_rows(target), gold.table_rows(target))
         finally:
             gold.close()
 
@@ -166,7 +166,3 @@ def _cell(value: Any) -> str:
     if "\n" in text or "\t" in text:
         text = text.replace("\n", "\\n").replace("\t", " ")
     return text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 3] + "..."
-
-
-def _json_list(values: Sequence[str]) -> str:
-    return json.dumps(list(values), ensure_ascii=False)

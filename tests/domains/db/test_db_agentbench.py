@@ -9,12 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cmat_gym.core import scoring
+from cmat_gym.core.scoring import answer_overlap, answers_match, normalize_value
 from cmat_gym.core.task import Task
-from cmat_gym.domains.db import scoring
 from cmat_gym.domains.db.agentbench import MUTATION_KINDS, load_dbbench, parse_answer_md5, record_to_task
 from cmat_gym.domains.db.backend import SQLiteSandbox, agentbench_table_hash
 from cmat_gym.domains.db.env import DBEnv, tables_of
-from cmat_gym.domains.db.scoring import answer_overlap, answers_match, normalize_value, row_diff_score
+from cmat_gym.domains.db.scoring import row_diff_score
 
 SELECT_KINDS = (
     "counting",

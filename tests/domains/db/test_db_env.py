@@ -124,7 +124,8 @@ def test_check_env_on_gym_make_procedural(procedural):
     env = gym.make("cmat/DB-v0")
     check_env(env)
     assert isinstance(env.unwrapped, DBEnv)
-    assert env.spec.max_episode_steps == 20
+    # No TimeLimit: the env truncates itself at max_rounds, which a user may raise (see test below).
+    assert env.spec.max_episode_steps is None and env.unwrapped.max_rounds == 20
     env.close()
 
 
@@ -139,8 +140,8 @@ def test_register_envs_works_and_is_idempotent():
     assert gym.register_envs(cmat_gym) is None
     cmat_gym.register_envs()
     spec = gym.spec("cmat/DB-v0")
-    assert spec.entry_point == "cmat_gym.domains.db.env:DBEnv"
-    assert spec.max_episode_steps == 20
+    assert spec.entry_point is DBEnv
+    assert spec.kwargs == {"max_rounds": 20} and spec.max_episode_steps is None
     assert not spec.nondeterministic
 
 
@@ -297,6 +298,8 @@ def test_info_keys_and_values_on_every_step(hand_env):
         "kind": "operation",
         "value": "SELECT count(*) FROM people WHERE city = 'Oslo'",
         "source": "text",
+        "tool": "execute_sql",
+        "args": {"sql": "SELECT count(*) FROM people WHERE city = 'Oslo'"},
     }
     assert (reward, terminated, truncated, info["success"], info["score"], info["dense_score"]) == (
         0.0,
@@ -582,3 +585,16 @@ def test_sync_and_async_vector_envs_run_agentbench_oracle_episodes(agentbench_db
         finally:
             vec.close()
         assert [o[:2] for o in outcome] == [(1.0, True)] * vec.num_envs
+
+
+@pytest.mark.parametrize("env_id", ["cmat/DB-v0", "cmat/DB-CMAT-v0"])
+def test_a_step_limit_the_user_asks_for_holds_through_gym_make(env_id):
+    # Regression: the registration's max_episode_steps=20 used to cut max_rounds=50 at 20 steps.
+    env = gym.make(env_id, max_rounds=25)
+    env.reset(seed=0)
+    steps, done = 0, False
+    while not done:
+        _, _, terminated, truncated, _ = env.step("Action: Operation\n```sql\nSELECT 1\n```")
+        steps, done = steps + 1, terminated or truncated
+    assert steps == 25 and truncated and not terminated
+    env.close()

@@ -1,0 +1,97 @@
+"""The conformance suite every registered domain must pass (Gymnasium's and PettingZoo's own checks,
+plus a garbage-action fuzz and the oracle and random agents). ``tests/test_envs.py`` runs it over
+every registered domain; a test that registers its own domain (``tests/test_fake_domain.py``) calls
+:func:`run_suite` on it, so a new domain is covered the moment it registers."""
+
+from __future__ import annotations
+
+import functools
+import random
+import string
+import warnings
+from types import SimpleNamespace
+
+import gymnasium as gym
+from gymnasium.utils.env_checker import check_env
+from pettingzoo.test import (
+    api_test,
+    max_cycles_test,
+    parallel_api_test,
+    parallel_seed_test,
+    render_test,
+    seed_test,
+)
+
+from cmat_gym.agents.policies import OraclePolicy, RandomPolicy
+from cmat_gym.cmat.pettingzoo_env import env as aec_env
+from cmat_gym.cmat.pettingzoo_env import parallel_env
+from cmat_gym.core.domain import Domain
+from cmat_gym.core.text import CHARSET
+from cmat_gym.evaluation import env_factory, run_episodes, summarize
+
+GARBAGE = ["", " ", "\x00\x01", "Action:", "Action: Answer", "```", "```\n", "{", "{}", '{"tool": 5}',
+           '{"tool_calls": []}', "<tool_call>", "<tool_call>{}</tool_call>", "Act: finish(", "[" * 500,
+           "a" * 20_000, "\ud800", "Final Answer: [", "search[", "click[]", "get_relations()"]
+
+
+def check_gymnasium(domain: Domain) -> None:
+    """Gymnasium's ``check_env`` on the bare env and on the CMAT wrapper, both through ``gym.make``."""
+    for env_id in (domain.env_id, domain.cmat_env_id):
+        env = gym.make(env_id)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # check_env's advice about Text spaces
+            check_env(env.unwrapped, skip_render_check=True)
+        env.close()
+
+
+def check_pettingzoo(domain: Domain, num_cycles: int = 60) -> None:
+    """PettingZoo's api, parallel api, seed, max_cycles and render tests on the domain's CMAT loop."""
+    make_aec = functools.partial(aec_env, domain.env_id)
+    make_parallel = functools.partial(parallel_env, domain.env_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # api_test's advice for Box spaces
+        api_test(make_aec(), num_cycles=num_cycles)
+        parallel_api_test(make_parallel(), num_cycles=num_cycles)
+        seed_test(make_aec, num_cycles=num_cycles // 2)
+        parallel_seed_test(make_parallel, num_cycles=num_cycles // 2)
+        max_cycles_test(SimpleNamespace(env=make_aec, parallel_env=make_parallel))
+        render_test(make_aec)
+
+
+def check_garbage_actions(domain: Domain, n_random: int = 200, seed: int = 0) -> None:
+    """Hand-picked and random garbage actions are observations in the space, never exceptions."""
+    env = gym.make(domain.env_id)
+    space = env.observation_space
+    rng = random.Random(seed)
+    alphabet = CHARSET + string.printable + "\u00e9\u4e2d\U0001f600"
+    actions = GARBAGE + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 300))) for _ in range(n_random)]
+    observation, _ = env.reset(seed=seed)
+    for i, action in enumerate(actions):
+        observation, reward, terminated, truncated, info = env.step(action)
+        assert space.contains(observation), (action[:80], observation[:200])
+        assert isinstance(reward, float) and isinstance(terminated, bool) and isinstance(truncated, bool)
+        assert "error" in info and "success" in info
+        if terminated or truncated:
+            observation, _ = env.reset(seed=seed + i + 1)
+    env.close()
+
+
+def check_agents(domain: Domain, episodes: int = 6) -> None:
+    """The oracle solves every procedural task of both splits (bare and in the CMAT loop), and the
+    random agent plays whole episodes in the domain's grammar without an exception."""
+    for split in ("train", "test"):
+        for cmat in (False, True):
+            results = run_episodes(env_factory(domain.env_id, cmat=cmat, split=split), OraclePolicy(), episodes,
+                                   seed=0, progress=False)
+            assert summarize(results)["success_rate"] == 1.0, (split, cmat, results)
+    results = run_episodes(env_factory(domain.env_id, cmat=True), RandomPolicy(0, domain=domain.name), episodes,
+                           seed=0, progress=False, batch_size=3)
+    assert len(results) == episodes and all(r.steps >= 1 for r in results)
+
+
+def run_suite(domain: Domain) -> None:
+    """Every check above, for one domain."""
+    check_gymnasium(domain)
+    check_pettingzoo(domain)
+    check_garbage_actions(domain)
+    check_agents(domain)
