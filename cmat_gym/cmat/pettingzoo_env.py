@@ -320,8 +320,6 @@ class raw_env(AECEnv[str, dict[str, str], Any]):  # noqa: N801 - PettingZoo's na
         action = None
         if parsed is not None and not isinstance(parsed, ActionError):
             action = parsed.to_dict()
-            if isinstance(action["value"], list):  # the parse is cached and shared: hand out a copy
-                action["value"] = list(action["value"])
         return {"task_id": self.task.task_id, "domain": self.domain_env.domain, "round": self.domain_env.rounds,
                 "parsed_action": action, "error": error, "success": False, "score": 0.0, "dense_score": 0.0}
 

@@ -112,10 +112,10 @@ class ParsedAction:
     args: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy (for ``info["parsed_action"]``)."""
-        value = list(self.value) if isinstance(self.value, list) else self.value
-        return {"kind": self.kind, "value": value, "source": self.source, "tool": self.tool,
-                "args": {k: list(v) if isinstance(v, list) else v for k, v in self.args.items()}}
+        """The call as a JSON-ready dict (for ``info["parsed_action"]``; it shares this object's values:
+        every parse makes new ones, so nothing else holds them)."""
+        return {"kind": self.kind, "value": self.value, "source": self.source, "tool": self.tool,
+                "args": dict(self.args)}
 
 
 @dataclass(frozen=True)
@@ -162,18 +162,17 @@ class Grammar:
         names = [t.name for t in self.tools]
         if not names or len(set(names)) != len(names):
             raise ValueError(f"Expects one or more tools with distinct names, actual {names}")
+        # A name -> tool table: parsing runs every step, and a linear scan showed in the step profile.
+        object.__setattr__(self, "_by_name", {t.name: t for t in self.tools})
 
     # ---------------------------------------------------------------- lookups
     def tool(self, name: str) -> Tool:
         """The tool called ``name`` (KeyError when there is none)."""
-        for tool in self.tools:
-            if tool.name == name:
-                return tool
-        raise KeyError(name)
+        return self._by_name[name]  # type: ignore[attr-defined]
 
     def has_tool(self, name: str) -> bool:
         """Whether the grammar has a tool called ``name``."""
-        return any(t.name == name for t in self.tools)
+        return name in self._by_name  # type: ignore[attr-defined]
 
     @property
     def answer_tool(self) -> Tool:
@@ -226,15 +225,16 @@ class Grammar:
     def bind(self, name: str, args: Any, source: str) -> ParsedAction | ActionError:
         """A call of tool ``name`` with ``args`` (a dict, or a list filled by position), checked and
         converted to the declared types."""
-        if not self.has_tool(name):
+        tool = self._by_name.get(name)  # type: ignore[attr-defined]
+        if tool is None:
             known = ", ".join(f"'{t.name}'" for t in self.tools)
             return ActionError(f"Unknown tool '{name}': expects one of {known}. " + self.help())
-        tool = self.tool(name)
         if isinstance(args, list | tuple):
             if len(args) > len(tool.args):
                 return ActionError(f"'{name}' takes {len(tool.args)} argument(s), actual {len(args)}. "
                                    f"Usage: {tool.signature()}.")
-            args = {a.name: v for a, v in zip(tool.args, args, strict=False)}
+            args = {tool.args[0].name: args[0]} if len(args) == 1 else {
+                a.name: v for a, v in zip(tool.args, args, strict=False)}
         if not isinstance(args, dict):
             return ActionError(f"Expects 'args' to be an object, actual {type(args).__name__}. " + self.help())
         bound: dict[str, Any] = {}
@@ -244,7 +244,9 @@ class Grammar:
                     return ActionError(f"'{name}' needs the argument '{arg.name}' ({arg.type}). "
                                        f"Usage: {tool.signature()}.")
                 continue
-            value = _convert(args[arg.name], arg.type)
+            raw = args[arg.name]
+            # The common case first: a non-blank string for a string argument.
+            value = (raw.strip() or None) if arg.type == "string" and type(raw) is str else _convert(raw, arg.type)
             if value is None:
                 return ActionError(f"'{name}' needs a non-empty {arg.type} argument '{arg.name}', "
                                    f"actual {_short(args[arg.name])}. Usage: {tool.signature()}.")
