@@ -10,6 +10,10 @@ that later episodes retrieve: the loop, the checker, the store's writes (WAL, fs
 and its BM25 search all run every episode. Every ``--every`` episodes it prints resident memory
 (``/proc/self/statm``), open file descriptors (``/proc/self/fd``) and the store's size.
 
+For ``--env cmat/OS-v0`` every episode is a fresh bubblewrap sandbox running the random agent's
+commands: the host's process count and this process's mounts are sampled too (a sandbox that
+outlived its episode, or a mount that leaked out of one, would show there).
+
 What "flat" means: the file descriptor count must not change after warm-up, and RSS may grow only
 with what the run legitimately keeps, the store's in-memory BM25 index (one entry per reflection);
 the script reports the RSS slope over the second half of the run in KiB per 1,000 episodes. Leaks
@@ -50,6 +54,29 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+SANDBOX_UIDS = 1 << 30  # OS-v0 sandboxes run as host uids from here up (cmat_gym/domains/os/backend.py)
+
+
+def host_processes() -> int:
+    """How many host processes run as sandbox uids: the live sandbox (and its prebuilt spare) only;
+    a sandbox that outlived its episode would add to it."""
+    count = 0
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.stat(f"/proc/{name}").st_uid >= SANDBOX_UIDS:
+                    count += 1
+            except OSError:  # the process ended meanwhile
+                pass
+    return count
+
+
+def host_mounts() -> int:
+    """How many mounts this process sees (sandbox mounts live in their own namespaces: this must not grow)."""
+    with open("/proc/self/mountinfo") as handle:
+        return sum(1 for _ in handle)
+
+
 def soak(env_id: str, episodes: int, policy_name: str, checker: str, memory_path: Path | None, every: int,
          seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Play the episodes in chunks of ``every``; one sample of RSS, fds and store size per chunk
@@ -68,9 +95,11 @@ def soak(env_id: str, episodes: int, policy_name: str, checker: str, memory_path
             successes += sum(r.success for r in results)
             gc.collect()
             samples.append({"episodes": done, "rss_kib": rss_kib(), "open_fds": open_fds(),
+                            "host_processes": host_processes(), "mounts": host_mounts(),
                             "reflections": len(store) if store is not None else 0, "elapsed_s": time.perf_counter() - started})
             s = samples[-1]
             print(f"{done:>7} episodes  rss {s['rss_kib'] / 1024:8.1f} MiB  fds {s['open_fds']:>4}  "
+                  f"sandbox processes {s['host_processes']:>4}  mounts {s['mounts']:>3}  "
                   f"reflections {s['reflections']:>6}  {s['elapsed_s']:7.1f} s", flush=True)
     finally:
         env.close()
@@ -84,6 +113,8 @@ def soak(env_id: str, episodes: int, policy_name: str, checker: str, memory_path
             "rss_start_kib": samples[0]["rss_kib"], "rss_end_kib": samples[-1]["rss_kib"],
             "rss_slope_kib_per_1000_episodes": slope,
             "fds_start": samples[0]["open_fds"], "fds_end": samples[-1]["open_fds"],
+            "processes_start": samples[0]["host_processes"], "processes_end": samples[-1]["host_processes"],
+            "mounts_start": samples[0]["mounts"], "mounts_end": samples[-1]["mounts"],
             "reflections": samples[-1]["reflections"], "wall_s": samples[-1]["elapsed_s"]}
 
 
@@ -111,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"RSS {summary['rss_start_kib'] / 1024:.1f} -> {summary['rss_end_kib'] / 1024:.1f} MiB "
           f"(after the first {args.every} episodes -> end); slope over the second half "
           f"{summary['rss_slope_kib_per_1000_episodes']:.0f} KiB per 1,000 episodes")
-    print(f"open file descriptors {summary['fds_start']} -> {summary['fds_end']}")
+    print(f"open file descriptors {summary['fds_start']} -> {summary['fds_end']}; sandbox processes "
+          f"{summary['processes_start']} -> {summary['processes_end']}; mounts {summary['mounts_start']} -> "
+          f"{summary['mounts_end']}")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))
     return 0

@@ -33,6 +33,39 @@ def test_short_soak_keeps_fds_and_rss_flat(tmp_path: Path) -> None:
     assert on["fds_end"] == on["fds_start"] and on["reflections"] > 100
 
 
+def _children() -> list[int]:
+    """Pids of this process's live child processes (a sandbox left running would be one)."""
+    mine = str(os.getpid())
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == mine and fields[0] != "Z":
+                found.append(int(name))
+    return found
+
+
+@pytest.mark.parametrize("episodes", [pytest.param(40, id="short"),
+                                      pytest.param(1000, id="1000", marks=pytest.mark.slow)])
+def test_os_soak_leaks_no_process_fd_or_mount(episodes: int, tmp_path: Path) -> None:
+    from cmat_gym.domains.os.backend import is_available
+
+    if not is_available():
+        pytest.skip("bubblewrap sandbox unavailable")
+    from cmat_gym.domains.os.tasks import generate_task
+
+    generate_task(0, "train", 1)  # the generator keeps one sandbox (and its spare) for the process's life
+    baseline = len(_children())
+    summary = soak_bench.soak("cmat/OS-v0", episodes, "random", "rule", tmp_path / "m.sqlite",
+                              every=max(1, episodes // 4))
+    assert summary["fds_end"] == summary["fds_start"] and summary["mounts_end"] == summary["mounts_start"]
+    assert len(_children()) <= baseline  # the env is closed: none of its sandboxes outlived it
+
+
 @pytest.mark.slow
 def test_ten_thousand_episodes_with_memory_on(tmp_path: Path) -> None:
     summary = soak_bench.soak("cmat/DB-v0", 10_000, "random", "rule", tmp_path / "m.sqlite", every=1000)
