@@ -81,7 +81,18 @@ from algorithms.common.rollout import (
     mean_or_nan,
     policy_generate_fn,
 )
-from algorithms.common.script import EVAL_SEED, derive_seed, parse_dataclass_args
+from algorithms.common.script import (
+    EVAL_SEED,
+    ScriptError,
+    check_at_least,
+    check_choice,
+    check_difficulty,
+    check_env_id,
+    check_model,
+    derive_seed,
+    parse_dataclass_args,
+    run_main,
+)
 from cmat_gym.agents.prompts import assistant_system_prompt
 
 TASK_PREFIX = "cmat-task-seed:"
@@ -171,10 +182,31 @@ class Args:
     """greedy test-split episodes (ppo_train's evaluation tasks) before and after training; 0: none"""
 
 
+PROG = "python -m algorithms.grpo_train"
+
+
 def parse_args(argv: Sequence[str] | None = None) -> Args:
     """``Args`` from the command line (flags as in ppo_train; ``--max-steps`` is ``--iterations``)."""
-    return parse_dataclass_args(Args, argv, prog="python -m algorithms.grpo_train",
-                                description=__doc__.split("\n")[0], aliases={"iterations": ["--max-steps"]})
+    return parse_dataclass_args(Args, argv, prog=PROG, description=__doc__.split("\n")[0],
+                                aliases={"iterations": ["--max-steps"]})
+
+
+def check_args(argv: Sequence[str]) -> Args:
+    """``parse_args(argv)``, checked before anything loads (:func:`validate` included): a bad flag raises
+    :class:`~algorithms.common.script.ScriptError` (one line and exit 2 from the command line)."""
+    args = parse_args(argv)
+    check_env_id(args.env)
+    check_model(args.model)
+    check_choice(args.checker, ("rule", "none"), "--checker")
+    check_difficulty(args.difficulty)
+    check_at_least(args, 1, "iterations", "episodes_per_iteration", "max_turns", "max_new_tokens", "max_seq_len",
+                   "rollout_batch", "lora_r", "grpo_epochs", "micro_batch_size")
+    check_at_least(args, 0, "eval_episodes")
+    try:
+        validate(args)
+    except ValueError as exc:
+        raise ScriptError(str(exc)) from None
+    return args
 
 
 # --------------------------------------------------------------------------------------------------
@@ -632,4 +664,4 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, prog=PROG, check=check_args)

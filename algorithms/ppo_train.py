@@ -72,7 +72,17 @@ from algorithms.common.rollout import (
     mean_or_nan,
     policy_generate_fn,
 )
-from algorithms.common.script import EVAL_SEED, derive_seed, parse_dataclass_args
+from algorithms.common.script import (
+    EVAL_SEED,
+    check_at_least,
+    check_choice,
+    check_difficulty,
+    check_env_id,
+    check_model,
+    derive_seed,
+    parse_dataclass_args,
+    run_main,
+)
 
 CHECKPOINT_FORMAT = 1
 
@@ -189,10 +199,29 @@ class Args:
 # --------------------------------------------------------------------------------------------------
 
 
+PROG = "python -m algorithms.ppo_train"
+
+
 def parse_args(argv: Sequence[str] | None = None) -> Args:
     """``Args`` from the command line: ``--output-dir DIR`` sets ``output_dir``; booleans are flags."""
-    return parse_dataclass_args(Args, argv, prog="python -m algorithms.ppo_train",
-                                description=__doc__.split("\n")[0])
+    return parse_dataclass_args(Args, argv, prog=PROG, description=__doc__.split("\n")[0])
+
+
+def check_args(argv: Sequence[str]) -> Args:
+    """``parse_args(argv)``, checked before anything loads: a bad flag raises
+    :class:`~algorithms.common.script.ScriptError` (one line and exit 2 from the command line)."""
+    args = parse_args(argv)
+    check_env_id(args.env)
+    check_model(args.model)
+    check_choice(args.checker, ("rule", "none"), "--checker")
+    check_choice(args.peft, ("lora", "p-tuning"), "--peft")
+    check_choice(args.kl_estimator, ("k1", "k2", "k3"), "--kl-estimator")
+    check_difficulty(args.difficulty)
+    check_at_least(args, 1, "iterations", "episodes_per_iteration", "max_turns", "max_new_tokens", "max_seq_len",
+                   "rollout_batch", "lora_r", "num_virtual_tokens", "ppo_epochs", "minibatch_size",
+                   "micro_batch_size", "checkpoint_every")
+    check_at_least(args, 0, "eval_every", "eval_episodes", "critic_warmup")
+    return args
 
 
 # --------------------------------------------------------------------------------------------------
@@ -807,4 +836,4 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, prog=PROG, check=check_args)

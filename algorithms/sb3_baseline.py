@@ -32,7 +32,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from algorithms.common.script import EVAL_SEED, parse_dataclass_args
+from algorithms.common.script import (
+    EVAL_SEED,
+    check_at_least,
+    check_difficulty,
+    parse_dataclass_args,
+    run_main,
+)
 from cmat_gym.core.task import Task
 from cmat_gym.domains.db.discrete import COMMIT, SLOTS, DiscreteDBWrapper
 from cmat_gym.domains.db.env import DBEnv
@@ -209,10 +215,23 @@ class Args:
     """SB3 verbosity (1 prints a table per rollout)"""
 
 
+PROG = "python -m algorithms.sb3_baseline"
+
+
 def parse_args(argv: Sequence[str] | None = None) -> Args:
     """``Args`` from the command line (``--total-timesteps N``; booleans as ``--x`` / ``--no-x``)."""
-    return parse_dataclass_args(Args, argv, prog="python -m algorithms.sb3_baseline",
-                                description=__doc__.split("\n")[0])
+    return parse_dataclass_args(Args, argv, prog=PROG, description=__doc__.split("\n")[0])
+
+
+def check_args(argv: Sequence[str]) -> Args:
+    """``parse_args(argv)``, checked before anything loads: a bad flag raises
+    :class:`~algorithms.common.script.ScriptError` (one line and exit 2 from the command line)."""
+    args = parse_args(argv)
+    check_difficulty(args.difficulty)
+    check_at_least(args, 1, "total_timesteps", "episodes_eval", "n_envs", "max_steps", "n_steps", "batch_size",
+                   "n_epochs")
+    check_at_least(args, 0, "train_tasks")
+    return args
 
 
 def make_task_pool(n: int, difficulty: int | None, seed: int) -> list[Task]:
@@ -343,4 +362,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, prog=PROG, check=check_args)

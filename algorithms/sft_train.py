@@ -53,7 +53,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from algorithms.common.script import derive_seed, parse_dataclass_args
+from algorithms.common.script import (
+    ScriptError,
+    check_at_least,
+    check_choice,
+    check_difficulty,
+    check_env_id,
+    check_model,
+    derive_seed,
+    parse_dataclass_args,
+    run_main,
+)
 from cmat_gym.agents.prompts import assistant_system_prompt
 from cmat_gym.core.domain import get_domain
 
@@ -122,10 +132,32 @@ class Args:
 # --------------------------------------------------------------------------------------------------
 
 
+PROG = "python -m algorithms.sft_train"
+
+
 def parse_args(argv: Sequence[str] | None = None) -> Args:
     """``Args`` from the command line: ``--output-dir DIR`` sets ``output_dir``; booleans are flags."""
-    return parse_dataclass_args(Args, argv, prog="python -m algorithms.sft_train",
-                                description=__doc__.split("\n")[0])
+    return parse_dataclass_args(Args, argv, prog=PROG, description=__doc__.split("\n")[0])
+
+
+def check_args(argv: Sequence[str]) -> Args:
+    """``parse_args(argv)``, checked before anything loads: a bad flag raises
+    :class:`~algorithms.common.script.ScriptError` (one line and exit 2 from the command line)."""
+    args = parse_args(argv)
+    check_env_id(args.env)
+    check_model(args.model)
+    check_choice(args.checker, ("rule", "none"), "--checker")
+    check_choice(args.split, ("train",), "--split")  # SFT never trains on evaluation tasks
+    check_difficulty(args.difficulty)
+    check_at_least(args, 1, "episodes", "max_turns", "lora_r", "max_seq_len", "batch_size", "grad_accum",
+                   "logging_steps")
+    check_at_least(args, 0, "reflection_sources", "memory_k")
+    for name in ("recovery_fraction", "reflection_fraction"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ScriptError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    if not args.epochs > 0:
+        raise ScriptError(f"--epochs must be positive, got {args.epochs}")
+    return args
 
 
 
@@ -494,4 +526,4 @@ def main(argv: Sequence[str] | None = None) -> SFTResult:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, prog=PROG, check=check_args)

@@ -6,7 +6,10 @@ Subcommands::
     cmat-gym play --env cmat/DB-v0 [--tasks F]     play a task yourself in the terminal
     cmat-gym eval --env cmat/DB-v0 --policy oracle run a policy, print its success rate
     cmat-gym eval --policy smollm2 --cmat --checker rule --memory on
-                                                   a language model through the CMAT loop
+                                                   a language model through the CMAT loop (single-trial:
+                                                   a task never sees its own reflections)
+    cmat-gym eval --policy smollm2 --cmat --memory on --trials 3 --reflection lm
+                                                   multi-trial (Reflexion-style retries): success@k
 
 Bad input (an unknown env or policy, a missing file) prints a one-line message and exits with
 status 2; it never shows a traceback.
@@ -31,11 +34,19 @@ from cmat_gym.agents.policies import POLICIES, Policy, is_model_policy, make_pol
 from cmat_gym.cmat.memory import ReflectionStore
 from cmat_gym.core.actions import ActionError
 from cmat_gym.core.domain import domain_of_env, registered_domains
-from cmat_gym.evaluation import EpisodeResult, run_episodes, summarize, summarize_cmat
+from cmat_gym.evaluation import (
+    EpisodeResult,
+    run_episodes,
+    run_trials,
+    summarize,
+    summarize_cmat,
+    summarize_trials,
+)
 
 ENV_PREFIX = "cmat/"
 DEFAULT_ENV = "cmat/DB-v0"
 DEFAULT_EPISODES = 10
+SINGLE_TRIAL = "single-trial: reflections of the same task are never served"
 
 
 class CLIError(Exception):
@@ -192,6 +203,7 @@ def as_operation(text: str, env: gym.Env) -> str:
 
 def cmd_play(args: argparse.Namespace, out: TextIO, stdin: TextIO) -> int:
     """Let a person play one episode in the terminal."""
+    check_seed(args)
     env = make_env(args)
     options = {"task_index": args.task_index} if args.task_index is not None else None
     try:
@@ -250,6 +262,14 @@ def add_cmat_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--memory-path", default=None, metavar="PATH", help="the reflection store's SQLite file")
     group.add_argument("--memory-mode", default="rw", choices=("rw", "ro"),
                        help="rw: write reflections after failed episodes; ro: frozen (default rw)")
+    group.add_argument("--reflection", default=None, choices=("template", "lm"),
+                       help="who writes a reflection after a failed episode: template (default; gold-free "
+                            "account of the errors) or lm (the policy's own language model reflects)")
+    group.add_argument("--trials", type=int, default=1,
+                       help="multi-trial evaluation (needs --memory on): play each task up to K times, "
+                            "stopping at its first success, each retry seeing the reflections of its earlier "
+                            "failed trials; reports success@k. Default 1: single-trial, where a task never "
+                            "sees a reflection written on itself")
     group.add_argument("--max-rounds", type=int, default=None,
                        help="actions per episode before truncation (default: the env's own limit; "
                             "see cmat-gym list)")
@@ -305,6 +325,10 @@ def env_factory(
     if args.cmat:
         checker = args.checker or "rule"
         lm = checker_lm(args, policy) if checker == "llm" else None
+        if args.reflection == "lm":
+            from cmat_gym.agents.chat_agent import LMReflectionWriter
+
+            kwargs["reflection_writer"] = LMReflectionWriter(policy)  # one writer, shared by every env
         build = evaluation.env_factory(args.env, cmat=True, checker=checker, checker_policy=lm, memory=memory, **kwargs)
     elif args.checker is not None or args.memory != "off" or args.checker_model is not None:
         raise CLIError("--checker, --checker-model and --memory need --cmat")
@@ -315,24 +339,59 @@ def env_factory(
     return (lambda: spare.pop() if spare else build()), spare[0]
 
 
+def check_seed(args: argparse.Namespace) -> None:
+    """Reject a negative ``--seed`` (NumPy seeds are non-negative; it would fail deep in reset)."""
+    if args.seed < 0:
+        raise CLIError(f"--seed must be a non-negative integer, got {args.seed}")
+
+
 def check_counts(args: argparse.Namespace) -> None:
-    """Reject ``--episodes`` and ``--batch-size`` below 1 (before any model loads)."""
+    """Reject bad counts and flag combinations before any model loads: ``--seed`` below 0,
+    ``--episodes``, ``--batch-size`` and ``--trials`` below 1, ``--trials``/``--reflection`` without
+    ``--cmat --memory on``, and ``--reflection lm`` without a language-model policy."""
+    check_seed(args)
     if args.episodes is not None and args.episodes < 1:
         raise CLIError(f"--episodes must be at least 1, got {args.episodes}")
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.trials < 1:
+        raise CLIError(f"--trials must be at least 1, got {args.trials}")
+    memory_on = args.cmat and args.memory == "on"
+    if args.trials > 1 and not memory_on:
+        raise CLIError("--trials needs --cmat --memory on (retries learn from their reflections)")
+    if args.reflection is not None and not memory_on:
+        raise CLIError("--reflection needs --cmat --memory on")
+    if args.reflection == "lm" and not is_model_policy(args.policy):
+        raise CLIError(f"--reflection lm needs a language-model policy (its own model reflects), not {args.policy!r}")
+
+
+def plan_episodes(
+    args: argparse.Namespace, policy: Policy, memory: ReflectionStore | None
+) -> tuple[Callable[[], gym.Env], int, list[int] | None]:
+    """The env factory, the number of episodes (tasks) and their task indices (a task file's tasks in order)."""
+    factory, first = env_factory(args, policy, memory)
+    num_tasks = getattr(first.unwrapped, "domain_env", first.unwrapped).num_tasks  # CMATEnv: its domain env's
+    episodes = args.episodes if args.episodes is not None else (num_tasks or DEFAULT_EPISODES)
+    task_indices = [i % num_tasks for i in range(episodes)] if num_tasks is not None else None
+    return factory, episodes, task_indices
 
 
 def run_policy(
     args: argparse.Namespace, policy: Policy, memory: ReflectionStore | None = None, *, progress: bool = True
 ) -> list[EpisodeResult]:
-    """Play the episodes the flags describe with ``policy`` (a task file's tasks in order)."""
-    factory, first = env_factory(args, policy, memory)
-    num_tasks = getattr(first.unwrapped, "domain_env", first.unwrapped).num_tasks  # CMATEnv: its domain env's
-    episodes = args.episodes if args.episodes is not None else (num_tasks or DEFAULT_EPISODES)
-    task_indices = [i % num_tasks for i in range(episodes)] if num_tasks is not None else None
+    """Play the episodes the flags describe with ``policy`` (single-trial)."""
+    factory, episodes, task_indices = plan_episodes(args, policy, memory)
     return run_episodes(factory, policy, episodes, args.seed, task_indices=task_indices, progress=progress,
                         batch_size=args.batch_size)
+
+
+def run_policy_trials(
+    args: argparse.Namespace, policy: Policy, memory: ReflectionStore | None = None, *, progress: bool = True
+) -> list[list[EpisodeResult]]:
+    """Play the tasks the flags describe with ``policy``, up to ``--trials`` times each (multi-trial)."""
+    factory, episodes, task_indices = plan_episodes(args, policy, memory)
+    return run_trials(factory, policy, episodes, args.seed, args.trials, task_indices=task_indices,
+                      progress=progress, batch_size=args.batch_size)
 
 
 def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
@@ -340,28 +399,62 @@ def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
     check_counts(args)
     policy = build_policy(args)
     memory = open_memory(args) if args.cmat else None
+    trials = None
     try:
-        results = run_policy(args, policy, memory)
-        summary = summarize(results)
+        if args.trials > 1:
+            per_task = run_policy_trials(args, policy, memory)
+            results = [r for task_results in per_task for r in task_results]  # every episode played
+            summary = summarize([task_results[0] for task_results in per_task])  # trial 1 = success@1
+            trials = {**summarize_trials(per_task, args.trials), "episodes_played": len(results)}
+        else:
+            results = run_policy(args, policy, memory)
+            summary = summarize(results)
         cmat = None
         if args.cmat:
             cmat = {"checker": args.checker or "rule", **summarize_cmat(results),
                     "memory": memory.describe() if memory is not None else "reflection memory: off"}
+            if memory is not None:
+                cmat["reflection_writer"] = args.reflection or "template"
+                cmat["protocol"] = trials["protocol"] if trials is not None else SINGLE_TRIAL
     finally:
         if memory is not None:
             memory.close()
     if args.json:
         report = {"env": args.env, "policy": args.policy, "tasks": args.tasks or "procedural", **summary,
-                  "results": [{"task_id": r.task_id, "success": r.success, "score": r.score, "steps": r.steps}
-                              for r in results]}
+                  "results": [_result_row(r, trials is not None) for r in results]}
         if cmat is not None:
             report["cmat"] = cmat
+        if trials is not None:
+            report["trials"] = trials
         out.write(json.dumps(report) + "\n")
         return 0
     source = args.tasks or f"procedural (split={args.split}, difficulty={args.difficulty or 'mixed'})"
     loop = f" | CMAT loop, {cmat['checker']} checker" if cmat is not None else ""
+    if trials is not None:
+        loop += f" | multi-trial, up to {args.trials} trials per task (success rate: trial 1)"
     out.write(format_report(f"{args.env} | policy {args.policy} | tasks {source}{loop}", summary, cmat))
+    if trials is not None:
+        out.write(format_trials(trials))
     return 0
+
+
+def _result_row(result: EpisodeResult, with_trial: bool) -> dict[str, Any]:
+    row = {"task_id": result.task_id, "success": result.success, "score": result.score, "steps": result.steps}
+    if with_trial:
+        row["trial"] = result.trial
+    return row
+
+
+def format_trials(trials: dict[str, Any]) -> str:
+    """The text lines of a multi-trial run: success after k trials for each k, and mean trials per task
+    (the protocol line is the CMAT report's)."""
+    lines = []
+    for row in trials["success@k"]:
+        low, high = row["ci95"]
+        lines.append(f"success@{row['k']} {row['success_rate']:.3f} ({row['successes']}/{trials['tasks']}), "
+                     f"95% CI [{low:.3f}, {high:.3f}]")
+    lines.append(f"mean trials per task {trials['mean_trials']:.2f} ({trials['episodes_played']} episodes)")
+    return "\n".join(lines) + "\n"
 
 
 def format_report(header: str, summary: dict[str, Any], cmat: dict[str, Any] | None = None) -> str:
@@ -377,6 +470,8 @@ def format_report(header: str, summary: dict[str, Any], cmat: dict[str, Any] | N
                  f"(all episodes, against hindsight); reflections used {cmat['reflections_used']} "
                  f"(in {cmat['episodes_with_reflections']} episodes), written {cmat['reflections_written']}\n"
                  f"{cmat['memory']}\n")
+        if "protocol" in cmat:
+            text += f"{cmat['protocol']}; reflections by the {cmat['reflection_writer']} writer\n"
     return text
 
 

@@ -8,10 +8,23 @@ reports comes from the same loop: episode ``i`` starts with ``env.reset(seed=see
 batching: up to ``batch_size`` envs each play their own episode, every tick the policy acts for
 all of them in one batched call (a language model then generates every pending action at once),
 and a slot whose episode ends starts the next episode at once.
+
+Two protocols for the CMAT loop's reflection memory:
+
+* **single-trial** (:func:`run_episodes`; ``cmat-gym eval --memory on``): every task is played once.
+  Reflections on other tasks may be lessons, but a task is never served a reflection written on
+  that same task (the loop filters by task id), since a reflection may quote what the Assistant
+  computed.
+* **multi-trial** (:func:`run_trials`; ``cmat-gym eval --memory on --trials K``): Reflexion-style
+  retries. Each task is played up to ``K`` times, stopping at its first success; each retry is shown
+  the reflections of that task's earlier failed trials. :func:`summarize_trials` reports the
+  success rate after ``k`` trials (``success@k``) for ``k = 1..K``; ``success@1`` is the
+  single-trial success rate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -41,6 +54,8 @@ class EpisodeResult:
             :func:`is_format_error`).
         cmat: the CMAT loop's ``episode_metrics`` (rejections, checker precision/recall,
             reflections, ...) when the env is the CMAT wrapper, else None.
+        trial: which trial of its task this episode was (1 outside :func:`run_trials`).
+        reflection: the reflection the CMAT loop wrote after this (failed) episode, else None.
     """
 
     task_id: str
@@ -51,6 +66,8 @@ class EpisodeResult:
     truncated: bool = False
     format_errors: int = 0
     cmat: dict[str, Any] | None = None
+    trial: int = 1
+    reflection: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The result as a JSON-ready dict."""
@@ -84,11 +101,14 @@ def run_episodes(
     progress: bool = True,
     batch_size: int = 1,
     on_episode_end: Callable[[EpisodeResult, gym.Env], None] | None = None,
+    seeds: Sequence[int] | None = None,
+    reset_options: Sequence[dict[str, Any] | None] | None = None,
 ) -> list[EpisodeResult]:
     """Play ``episodes`` episodes of ``env`` with ``policy``; the results in episode order.
 
-    Episode ``i`` starts with ``env.reset(seed=seed + i)`` (plus ``options={"task_index":
-    task_indices[i]}`` when indices are given) in some slot ``s``, and ``policy.reset(slots=[s])``.
+    Episode ``i`` starts with ``env.reset(seed=seed + i)`` (``seeds[i]`` when given; plus
+    ``options={"task_index": task_indices[i]}`` when indices are given, and ``reset_options[i]``)
+    in some slot ``s``, and ``policy.reset(slots=[s])``.
     A privileged policy (the oracle: ``privileged = True``) also gets each slot's gold task
     (``env.unwrapped.task``) as ``tasks=``; no other policy ever sees it.
 
@@ -114,6 +134,8 @@ def run_episodes(
         batch_size: envs playing at once.
         on_episode_end: called with each result and its env right after the episode ends (before
             the slot's env starts another one), e.g. to ``render()`` a transcript.
+        seeds: the reset seed of each episode (default ``seed + i``); its length must equal ``episodes``.
+        reset_options: more reset options of each episode (e.g. the CMAT loop's ``trial_reflections``).
     """
     if episodes < 0:
         raise ValueError(f"Expects episodes >= 0, actual {episodes}")
@@ -121,6 +143,10 @@ def run_episodes(
         raise ValueError(f"Expects batch_size >= 1, actual {batch_size}")
     if task_indices is not None and len(task_indices) != episodes:
         raise ValueError(f"Expects one task index per episode ({episodes}), actual {len(task_indices)}")
+    if seeds is not None and len(seeds) != episodes:
+        raise ValueError(f"Expects one seed per episode ({episodes}), actual {len(seeds)}")
+    if reset_options is not None and len(reset_options) != episodes:
+        raise ValueError(f"Expects one reset options dict per episode ({episodes}), actual {len(reset_options)}")
     factory = None if isinstance(env, gym.Env) else env
     if factory is None and batch_size > 1:
         raise ValueError("Expects an env factory (a callable returning an env) for batch_size > 1, actual an env")
@@ -138,8 +164,11 @@ def run_episodes(
             return
         i, next_episode = next_episode, next_episode + 1
         slot_env = envs[slot]
-        options = {"task_index": int(task_indices[i])} if task_indices is not None else None
-        observation, _ = slot_env.reset(seed=seed + i, options=options)
+        options = {"task_index": int(task_indices[i])} if task_indices is not None else {}
+        if reset_options is not None and reset_options[i]:
+            options.update(reset_options[i])  # type: ignore[arg-type]
+        episode_seed = int(seeds[i]) if seeds is not None else seed + i
+        observation, _ = slot_env.reset(seed=episode_seed, options=options or None)
         policy.reset(slots=[slot])
         running[slot] = _Episode(i, observation, slot_env.unwrapped.task)
 
@@ -187,7 +216,102 @@ def _result(episode: _Episode, info: dict[str, Any], truncated: bool) -> Episode
         task_id=episode.task.task_id, success=bool(info.get("success", False)), score=float(info.get("score", 0.0)),
         steps=episode.steps, dense_score=float(info.get("dense_score", 0.0)), truncated=truncated,
         format_errors=episode.format_errors, cmat=dict(metrics) if metrics is not None else None,
+        reflection=info.get("reflection"),
     )
+
+
+def run_trials(
+    env: EnvFactory,
+    policy: Policy,
+    episodes: int,
+    seed: int,
+    trials: int,
+    task_indices: Sequence[int] | None = None,
+    progress: bool = True,
+    batch_size: int = 1,
+) -> list[list[EpisodeResult]]:
+    """Multi-trial (Reflexion-style) evaluation through the CMAT loop: play each of ``episodes`` tasks up
+    to ``trials`` times, stopping at its first success; a retry sees its task's earlier reflections.
+
+    Task ``j`` is the one :func:`run_episodes` would play as episode ``j`` (reset seed ``seed + j``,
+    ``task_indices[j]``), and every trial of it replays that same reset. Trials go in rounds: round
+    ``t`` plays trial ``t`` of every task not yet solved, through :func:`run_episodes` (batched as
+    asked). Each episode gets the reset option ``trial_reflections``: the reflections written after
+    the task's earlier failed trials (none in round 1, so round 1 is exactly a single-trial run); the
+    loop reflects on every failed trial, whether or not a writable store also keeps the reflection.
+    Reflections on *other* tasks come from the env's store as in single-trial runs.
+
+    Args:
+        env: a factory of CMAT envs (:func:`env_factory` with ``cmat=True``).
+        policy, episodes, seed, task_indices, progress, batch_size: as :func:`run_episodes`
+            (``episodes`` counts tasks).
+        trials: the most trials per task (``K``; 1 is a single-trial run).
+
+    Returns:
+        For each task, its results in trial order (:attr:`EpisodeResult.trial` = 1, 2, ...); only the
+        last one can be a success.
+    """
+    if trials < 1:
+        raise ValueError(f"Expects trials >= 1, actual {trials}")
+    if isinstance(env, gym.Env):
+        raise ValueError("Expects an env factory for run_trials (each round builds its envs), actual an env")
+    if task_indices is not None and len(task_indices) != episodes:
+        raise ValueError(f"Expects one task index per episode ({episodes}), actual {len(task_indices)}")
+    from cmat_gym.cmat.wrapper import CMATEnv
+
+    first = env()  # checked now, and played in round 1
+    if not isinstance(first.unwrapped, CMATEnv):
+        first.close()
+        raise ValueError("Expects CMAT envs for run_trials (env_factory(..., cmat=True)): retries are shown the "
+                         f"reflections the CMAT loop writes; actual {type(first.unwrapped).__name__}")
+    spare = [first]
+
+    def build() -> gym.Env:
+        return spare.pop() if spare else env()
+
+    per_task: list[list[EpisodeResult]] = [[] for _ in range(episodes)]
+    reflections: list[list[str]] = [[] for _ in range(episodes)]
+    pending = list(range(episodes))
+    for trial in range(1, trials + 1):
+        if not pending:
+            break
+        results = run_episodes(
+            build, policy, len(pending), seed, progress=progress, batch_size=batch_size,
+            seeds=[seed + j for j in pending],
+            task_indices=[task_indices[j] for j in pending] if task_indices is not None else None,
+            reset_options=[{"trial_reflections": list(reflections[j])} for j in pending],
+        )
+        for j, result in zip(pending, results, strict=True):
+            per_task[j].append(dataclasses.replace(result, trial=trial))
+            if result.reflection:
+                reflections[j].append(result.reflection)
+        pending = [j for j in pending if not per_task[j][-1].success]
+    for unused in spare:  # no episode at all: the run never took it
+        unused.close()
+    return per_task
+
+
+def summarize_trials(per_task: Sequence[Sequence[EpisodeResult]], trials: int) -> dict[str, Any]:
+    """``success@k`` for ``k = 1..trials`` (the fraction of tasks solved within their first ``k``
+    trials, with its 95% Wilson interval), the mean number of trials played, and each task's outcome."""
+    n = len(per_task)
+    solved_at = [next((r.trial for r in results if r.success), None) for results in per_task]
+    rows = []
+    for k in range(1, trials + 1):
+        successes = sum(t is not None and t <= k for t in solved_at)
+        low, high = wilson_interval(successes, n)
+        rows.append({"k": k, "successes": successes, "success_rate": successes / n if n else 0.0,
+                     "ci95": [low, high]})
+    return {
+        "protocol": f"multi-trial: up to {trials} trials per task, stopping at the first success; a retry "
+                    "sees the reflections of its task's earlier failed trials",
+        "max_trials": trials,
+        "tasks": n,
+        "success@k": rows,
+        "mean_trials": sum(len(results) for results in per_task) / n if n else 0.0,
+        "per_task": [{"task_id": results[0].task_id if results else None, "trials": len(results), "solved_at": t}
+                     for results, t in zip(per_task, solved_at, strict=True)],
+    }
 
 
 def env_factory(
@@ -271,6 +395,7 @@ def summarize_cmat(results: Sequence[EpisodeResult]) -> dict[str, Any]:
         "checker_precision": caught / rejected if rejected else None,
         "checker_recall": caught / bad if bad else None,
         "reflections_used": sum(m["reflections_used"] for m in metrics),
+        "own_task_reflections_used": sum(m.get("own_task_reflections_used", 0) for m in metrics),
         "episodes_with_reflections": sum(m["reflections_used"] > 0 for m in metrics),
         "reflections_written": sum(bool(m["reflection_written"]) for m in metrics),
         "questions": sum(m["questions"] for m in metrics),

@@ -307,3 +307,67 @@ def test_eval_smollm2_plays_an_episode(capsys) -> None:
     report = json.loads(out)
     check_report(report, "cmat/DB-v0", "smollm2", 1)
     assert 1 <= report["results"][0]["steps"] <= 2
+
+
+# ---------------------------------------------------------------------------------- seeds, protocols, trials
+@pytest.mark.parametrize("argv", [["eval", "--seed", "-5"], ["play", "--seed", "-1"],
+                                  ["eval", "--cmat", "--memory", "on", "--trials", "2", "--seed", "-3"]])
+def test_negative_seeds_are_a_message(capsys, monkeypatch, argv: list[str]) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    status, _, err = run_cli(capsys, *argv)
+    assert status == 2 and "--seed" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_eval_memory_reports_the_single_trial_protocol(capsys) -> None:
+    status, out, _ = run_cli(capsys, "eval", "--policy", "random", "--episodes", "3", "--cmat", "--memory", "on")
+    assert status == 0 and "single-trial: reflections of the same task are never served" in out
+    status, out, _ = run_cli(capsys, "eval", "--policy", "random", "--episodes", "3", "--cmat", "--memory", "on",
+                             "--json")
+    assert json.loads(out)["cmat"]["protocol"] == "single-trial: reflections of the same task are never served"
+
+
+def test_eval_multi_trial_reports_success_at_k(capsys) -> None:
+    status, out, _ = run_cli(capsys, "eval", "--policy", "oracle", "--episodes", "3", "--cmat", "--memory", "on",
+                             "--trials", "3", "--json", "--seed", "2")
+    assert status == 0
+    report = json.loads(out)
+    trials = report["trials"]
+    assert trials["protocol"].startswith("multi-trial") and trials["max_trials"] == 3 and trials["tasks"] == 3
+    assert [row["k"] for row in trials["success@k"]] == [1, 2, 3]
+    assert all(row["success_rate"] == 1.0 for row in trials["success@k"])  # the oracle solves every task at once
+    assert len(report["results"]) == 3 and all(r["trial"] == 1 for r in report["results"])  # no retries needed
+    status, out, _ = run_cli(capsys, "eval", "--policy", "random", "--episodes", "3", "--cmat", "--memory", "on",
+                             "--trials", "2", "--json", "--seed", "2")
+    report = json.loads(out)
+    rates = [row["success_rate"] for row in report["trials"]["success@k"]]
+    assert rates == sorted(rates)  # success after k trials never drops
+    retried = [r for r in report["results"] if r["trial"] == 2]
+    first = [r for r in report["results"] if r["trial"] == 1]
+    assert len(first) == 3 and len(retried) == sum(not r["success"] for r in first)
+    assert report["cmat"]["own_task_reflections_used"] == len(retried)  # every retry saw its trial-1 reflection
+    status, out, _ = run_cli(capsys, "eval", "--policy", "random", "--episodes", "2", "--cmat", "--memory", "on",
+                             "--trials", "2")
+    assert status == 0 and "success@1" in out and "success@2" in out and "multi-trial" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["eval", "--cmat", "--memory", "on", "--trials", "0"], "--trials"),
+        (["eval", "--cmat", "--trials", "2"], "--memory on"),
+        (["eval", "--trials", "2"], "--memory on"),
+        (["eval", "--cmat", "--memory", "on", "--reflection", "lm", "--policy", "random"], "language-model policy"),
+        (["eval", "--cmat", "--reflection", "lm", "--policy", "tiny-random"], "--memory on"),
+    ],
+)
+def test_bad_trial_and_reflection_flags_are_messages(capsys, argv: list[str], message: str) -> None:
+    status, _, err = run_cli(capsys, *argv)
+    assert status == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_eval_lm_reflection_writer(capsys) -> None:
+    status, out, _ = run_cli(capsys, "eval", "--policy", "tiny-random", "--episodes", "2", "--json", "--cmat",
+                             "--memory", "on", "--reflection", "lm", "--trials", "2", *FAST_LM)
+    assert status == 0
+    report = json.loads(out)
+    assert report["cmat"]["reflection_writer"] == "lm" and report["cmat"]["reflections_written"] >= 1

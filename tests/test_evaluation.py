@@ -195,3 +195,91 @@ def test_cmat_episodes_carry_the_loop_metrics() -> None:
                            seed=0, progress=False, batch_size=2)
     assert all(r.success and r.cmat is not None and r.cmat["rejected_actions"] == 0 for r in results)
     assert summarize_cmat(results)["checker_precision"] is None  # nothing rejected: undefined
+
+
+# ------------------------------------------------------------------------------ multi-trial evaluation
+OWN_HEADER = "Reflections on your earlier attempts at this task:"
+WRONG = 'Action: Answer\nFinal Answer: ["certainly not the answer"]'
+
+
+class LearnsFromItsReflections:
+    """Answers wrongly unless its first observation holds a reflection on an earlier attempt at the same
+    task; then it plays the gold script. Records each episode's first observation."""
+
+    privileged = True
+
+    def __init__(self) -> None:
+        self.oracle = OraclePolicy()
+        self.informed: dict[int, bool] = {}
+        self.firsts: list[tuple[str, str]] = []
+
+    def act(self, observations, slots=None, *, tasks):
+        slots = list(slots) if slots is not None else list(range(len(observations)))
+        actions = []
+        for slot, observation, task in zip(slots, observations, tasks, strict=True):
+            if slot not in self.informed:
+                self.informed[slot] = OWN_HEADER in observation
+                self.firsts.append((task.task_id, observation))
+            informed = self.informed[slot]
+            actions.append(self.oracle.act([observation], [slot], tasks=[task])[0] if informed else WRONG)
+        return actions
+
+    def reset(self, slots=None):
+        self.oracle.reset(slots)
+        for slot in slots if slots is not None else list(self.informed):
+            self.informed.pop(slot, None)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_run_trials_retries_failed_tasks_with_their_own_reflections(batch_size: int) -> None:
+    from cmat_gym.cmat.memory import ReflectionStore
+    from cmat_gym.evaluation import run_trials, summarize_trials
+
+    store = ReflectionStore(None)  # the long-term memory: other tasks' reflections, as in single-trial runs
+    policy = LearnsFromItsReflections()
+    per_task = run_trials(env_factory("cmat/DB-v0", cmat=True, memory=store, split="test"), policy, 3, seed=4,
+                          trials=3, progress=False, batch_size=batch_size)
+    assert [[r.success for r in trials] for trials in per_task] == [[False, True]] * 3  # stops at the first success
+    assert [[r.trial for r in trials] for trials in per_task] == [[1, 2]] * 3
+    singles = run_episodes(env_factory("cmat/DB-v0", cmat=True, split="test"), OraclePolicy(), 3, seed=4,
+                           progress=False)
+    assert [trials[0].task_id for trials in per_task] == [r.task_id for r in singles]  # task j keeps seed + j
+    assert all(trials[0].task_id == trials[1].task_id for trials in per_task)  # a retry replays its task
+    # Trial 1 never sees a reflection of its own task; trial 2 sees its trial-1 reflection.
+    for _, first in policy.firsts:
+        if OWN_HEADER in first:
+            assert "certainly not the answer" not in first.split(OWN_HEADER, 1)[1]  # the template quotes no answer
+    assert sum(OWN_HEADER in first for _, first in policy.firsts) == 3
+    assert all(trials[1].cmat["own_task_reflections_used"] == 1 for trials in per_task)
+    assert all(trials[0].cmat["own_task_reflections_used"] == 0 for trials in per_task)
+    summary = summarize_trials(per_task, 3)
+    assert [row["successes"] for row in summary["success@k"]] == [0, 3, 3]
+    assert summary["tasks"] == 3 and summary["max_trials"] == 3 and summary["mean_trials"] == 2.0
+    assert summary["protocol"].startswith("multi-trial")
+
+
+def test_run_trials_without_long_term_memory_and_its_checks() -> None:
+    from cmat_gym.evaluation import run_trials
+
+    per_task = run_trials(env_factory("cmat/DB-v0", cmat=True, split="test"), LearnsFromItsReflections(), 2, seed=0,
+                          trials=2, progress=False)
+    assert [[r.success for r in trials] for trials in per_task] == [[False, True]] * 2
+    with pytest.raises(ValueError, match="trials"):
+        run_trials(env_factory("cmat/DB-v0", cmat=True), OraclePolicy(), 1, seed=0, trials=0)
+    with pytest.raises(ValueError, match="CMAT"):
+        run_trials(env_factory("cmat/DB-v0"), OraclePolicy(), 1, seed=0, trials=2, progress=False)
+
+
+def test_run_episodes_takes_seeds_and_reset_options() -> None:
+    env = gym.make("cmat/DB-v0", split="test")
+    plain = run_episodes(env, OraclePolicy(), 3, seed=7, progress=False)
+    picked = run_episodes(env, OraclePolicy(), 2, seed=0, seeds=[9, 7], progress=False)
+    assert [r.task_id for r in picked] == [plain[2].task_id, plain[0].task_id]
+    with pytest.raises(ValueError, match="one seed per episode"):
+        run_episodes(env, OraclePolicy(), 2, seed=0, seeds=[1])
+    cmat = env_factory("cmat/DB-v0", cmat=True, split="test")()
+    [result] = run_episodes(cmat, OraclePolicy(), 1, seed=7, progress=False,
+                            reset_options=[{"trial_reflections": ["Try the other table."]}])
+    assert result.cmat["own_task_reflections_used"] == 1
+    env.close()
+    cmat.close()

@@ -4,25 +4,37 @@ Short-term memory (:class:`ShortTermMemory`) is the window of the last ``k`` tur
 the Assistant's prompt.
 
 Long-term memory (:class:`ReflectionStore`) is one SQLite file in WAL mode. After a failed episode
-a reflection is written (by a pluggable :data:`ReflectionWriter`: the language model later,
-:func:`template_reflection` here) and stored with the task's split, domain, id and text. Later
-episodes retrieve the reflections of the most similar tasks (BM25 over the task text and the
-reflection) and see them, rendered by :func:`format_reflections`, in their first observation.
+a reflection is written by a pluggable :data:`ReflectionWriter` (:func:`template_reflection` here,
+or the Assistant's own language model: :class:`cmat_gym.agents.chat_agent.LMReflectionWriter`) and
+stored with the task's split, domain, id and text. Later episodes retrieve the reflections of the
+most similar tasks (BM25 over the task text and the reflection) and see them, rendered by
+:func:`format_reflections`, in their first observation.
 
-Leakage rules, and how they are kept:
+What a reflection may hold, and who may see it:
 
-- Reflections are written from the instruction and the trajectory only, i.e. from what the
-  Assistant saw and did, never from the Task payload (gold SQL, expected answer, check script), so
-  a reflection cannot contain a gold answer. :func:`template_reflection` also never quotes the
-  submitted final answer (a writer may be called on an episode that was in fact right).
+- A reflection is written from the instruction and the Assistant's dialogue only: what it saw and
+  did, never the Task payload (gold SQL, expected answer, check script), the grader's details
+  (``info["evaluation"]``) or hindsight labels. The loop also replaces each final-answer observation
+  (grader feedback, which a domain may word as it likes) by a fixed line before the writer sees it.
+  A reflection MAY still hold values the Assistant itself produced (a number it computed, an error
+  message quoting it): on a retry of the same task those could be the answer. Hence the protocols:
+- **single-trial** (the default everywhere): the loop never serves a task a reflection written on
+  that same task (``exclude_task_id`` at retrieval); only other tasks' reflections are lessons.
+- **multi-trial** (Reflexion-style retries, :func:`cmat_gym.evaluation.run_trials`): a retry of a
+  task is handed the reflections of that task's earlier failed trials explicitly (reset option
+  ``trial_reflections``), and reports success after k trials; it is a separate, named protocol.
+- :func:`template_reflection` never quotes the submitted final answer.
 - Every reflection carries its split and :meth:`ReflectionStore.search` is split-scoped: a search
   for ``split="train"`` never sees a test reflection and vice versa. Even the BM25 statistics (IDF,
   average length) are computed over the searched split only, so test text cannot shift training
   rankings.
-- ``exclude_task_id`` keeps a task from retrieving its own earlier reflection.
 - Evaluation can freeze the store (``mode="ro"``: every write raises :class:`PermissionError`) or
   start empty (``path=None``: a private in-memory store); :meth:`ReflectionStore.describe` says
   which, for the evaluation report.
+
+Files: a store opens only a file that is a reflection store already (or a new, empty one). Anything
+else (another SQLite database, a ``reflections`` table of another schema, another schema version,
+a file that is not SQLite) is refused with :class:`ValueError` before a single byte is written.
 
 Durability: ``synchronous=FULL`` in WAL mode means a reflection whose :meth:`~ReflectionStore.add`
 returned is on disk; a writer killed mid-transaction leaves no partial row (SQLite rolls the
@@ -51,6 +63,7 @@ __all__ = [
     "ReflectionWriter",
     "ShortTermMemory",
     "format_reflections",
+    "format_trial_reflections",
     "template_reflection",
     "tokenize",
 ]
@@ -66,7 +79,9 @@ BM25_B = 0.75
 _INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
 
 ReflectionWriter = Callable[[str, list[dict]], str]
-"""Writes a reflection from ``(instruction, trajectory)``; must never see the Task payload."""
+"""Writes a reflection from ``(instruction, view)``: the view is the Assistant's dialogue with grader
+feedback replaced (:meth:`cmat_gym.cmat.pettingzoo_env.raw_env.reflection_view`); it never sees the
+Task payload."""
 
 
 # ---------------------------------------------------------------------------- reflections
@@ -106,6 +121,11 @@ CREATE TABLE IF NOT EXISTS reflections (
 );
 CREATE INDEX IF NOT EXISTS reflections_split_domain ON reflections (split, domain);
 """
+_SQLITE_HEADER = b"SQLite format 3\x00"
+# (name, declared type, NOT NULL, primary key) of each column, as PRAGMA table_info reports them.
+_EXPECTED_COLUMNS = (("id", "INTEGER", 0, 1), ("split", "TEXT", 1, 0), ("domain", "TEXT", 1, 0),
+                     ("task_id", "TEXT", 1, 0), ("task_text", "TEXT", 1, 0), ("text", "TEXT", 1, 0),
+                     ("created", "REAL", 1, 0))
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 _STOPWORDS = frozenset(
@@ -198,15 +218,18 @@ class ReflectionStore:
             conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
             conn.executescript(_SCHEMA)
         elif self.mode == "ro":
-            if not self.path.is_file():
+            if not self.path.exists():
                 raise FileNotFoundError(
                     f"Expects an existing reflection store to open read-only, actual: no file at {self.path}")
+            if not self._probe():
+                raise ValueError(f"Expects a reflection store, actual: {self.path} has no 'reflections' table")
             uri = f"{self.path.resolve().as_uri()}?mode=ro"
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
                                    timeout=BUSY_TIMEOUT_MS / 1000)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self._check_schema(conn)
         else:
+            # Look before writing anything: WAL mode, the schema and user_version all modify the file.
+            self._probe()
             if self.path.parent and not self.path.parent.exists():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -216,6 +239,69 @@ class ReflectionStore:
         if self.mode == "ro":
             conn.execute("PRAGMA query_only = 1")  # belt and braces: SQLite itself refuses writes
         self._conn = conn
+
+    def _probe(self) -> bool:
+        """Whether ``self.path`` already holds a reflection store (False: no file, an empty file, or a
+        SQLite database without any schema, which a store may take over).
+
+        Reads only (a read-only connection), so a refused file is left byte-for-byte as it was.
+
+        Raises:
+            ValueError: the path is not a reflection store: a folder, not a SQLite file, a database
+                with other tables, a ``reflections`` table of another schema, or another schema version.
+        """
+        path = self.path
+        assert path is not None
+        if not path.exists():
+            return False
+        if not path.is_file():
+            raise ValueError(f"Expects a reflection store file, actual: {path} is not a file")
+        with open(path, "rb") as handle:
+            header = handle.read(100)
+        if not header:
+            return False  # an empty file (e.g. from mktemp): nothing to lose
+        if not header.startswith(_SQLITE_HEADER):
+            raise ValueError(f"Expects a reflection store (a SQLite file), actual: {path} is not a SQLite database; "
+                             "refusing to touch it")
+        # Even a read-only connection creates -wal and -shm files next to a WAL database that nobody has
+        # open (byte 18 of the header is 2 in WAL mode). With no -wal file there is no open connection
+        # and no unmerged write, so the main file alone is the database: read it as immutable.
+        idle_wal = len(header) > 18 and header[18] == 2 and not Path(f"{path}-wal").exists()
+        flags = "mode=ro&immutable=1" if idle_wal else "mode=ro"
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?{flags}", uri=True, isolation_level=None,
+                                   timeout=BUSY_TIMEOUT_MS / 1000)
+        except sqlite3.Error as exc:
+            raise ValueError(f"Expects a reflection store, actual: cannot read {path} ({exc})") from None
+        try:
+            objects, columns, version = self._retry(lambda: (
+                conn.execute("SELECT type, name, tbl_name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'").fetchall(),
+                conn.execute("PRAGMA table_info(reflections)").fetchall(),
+                conn.execute("PRAGMA user_version").fetchone()[0]))
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"Expects a reflection store, actual: {path} is not a readable SQLite database "
+                             f"({exc})") from None
+        finally:
+            conn.close()
+        foreign = sorted(name for kind, name, table in objects
+                         if not (table == "reflections" and kind in ("table", "index")))
+        if foreign:
+            raise ValueError(f"Expects a reflection store (only a 'reflections' table), actual: {path} also holds "
+                             f"{', '.join(foreign)}; refusing to modify another program's database")
+        if not columns:
+            if version != 0:
+                raise ValueError(f"Expects a reflection store, actual: {path} is a database with user_version "
+                                 f"{version} and no 'reflections' table; refusing to modify it")
+            return False
+        found = tuple((str(c[1]), str(c[2]).upper(), int(c[3]), int(c[5])) for c in columns)
+        if found != _EXPECTED_COLUMNS:
+            raise ValueError(f"Expects a reflection store, actual: the 'reflections' table of {path} has columns "
+                             f"({', '.join(c[0] + ' ' + c[1] for c in found)}), not this store's schema; "
+                             "refusing to modify it")
+        if version not in (0, SCHEMA_VERSION):
+            raise ValueError(f"Expects a reflection store of schema version {SCHEMA_VERSION}, actual: {path} has "
+                             f"version {version}; refusing to modify it")
+        return True
 
     @staticmethod
     def _init_file(conn: sqlite3.Connection) -> None:
@@ -237,11 +323,6 @@ class ReflectionStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-
-    def _check_schema(self, conn: sqlite3.Connection) -> None:
-        row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'reflections'").fetchone()
-        if row is None:
-            raise ValueError(f"Expects a reflection store, actual: {self.path} has no 'reflections' table")
 
     @staticmethod
     def _retry(fn: Callable[[], Any]) -> Any:
@@ -322,7 +403,8 @@ class ReflectionStore:
 
         Ranked by BM25 (k1=1.5, b=0.75) over each reflection's task text and text, with statistics
         from the searched slice only; ties go to the lower id. Reflections sharing no word with the
-        query are not returned. ``exclude_task_id`` drops that task's own reflections.
+        query are not returned. ``exclude_task_id`` drops that task's own reflections (the CMAT loop
+        always passes the current task: the single-trial protocol).
         """
         if k <= 0:
             return []
@@ -555,12 +637,21 @@ def template_reflection(instruction: str, trajectory: list[dict], *, error_summa
     return "\n".join(lines)
 
 
+REFLECTIONS_HEADING = "Lessons from earlier attempts on similar tasks:"
+TRIAL_REFLECTIONS_HEADING = "Reflections on your earlier attempts at this task:"
+
+
+def _bullets(heading: str, texts: Iterable[str]) -> str:
+    items = [f"- {text.strip().replace(chr(10), chr(10) + '  ')}" for text in texts]
+    return f"{heading}\n" + "\n".join(items) if items else ""
+
+
 def format_reflections(reflections: list[Reflection]) -> str:
-    """The block placed in an episode's first observation; "" when there is nothing to show."""
-    if not reflections:
-        return ""
-    items = []
-    for ref in reflections:
-        body = ref.text.strip().replace("\n", "\n  ")
-        items.append(f"- {body}")
-    return "Lessons from earlier attempts on similar tasks:\n" + "\n".join(items)
+    """The block of other tasks' reflections placed in an episode's first observation; "" when none."""
+    return _bullets(REFLECTIONS_HEADING, (ref.text for ref in reflections))
+
+
+def format_trial_reflections(texts: list[str]) -> str:
+    """The block of a multi-trial retry's first observation: the reflections written after the same
+    task's earlier failed trials, oldest first; "" when none."""
+    return _bullets(TRIAL_REFLECTIONS_HEADING, texts)

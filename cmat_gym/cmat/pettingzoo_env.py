@@ -35,9 +35,18 @@ recent dialogue, the proposed action and, where the domain supports it, a dry ru
 
 **Memory**: ``memory`` (a :class:`~cmat_gym.cmat.memory.ReflectionStore` or a path) is searched
 with the task instruction (same split and domain) at reset; the hits go into the Assistant's first
-observation. After a failed episode in which the Assistant acted, ``reflection_writer(instruction,
-dialogue)`` (default :func:`~cmat_gym.cmat.memory.template_reflection`) writes a reflection, unless
-the store is read-only.
+observation. The search never returns a reflection written on the same task (the **single-trial**
+protocol: a reflection may quote a value the Assistant computed, which on the same task could be the
+answer). A **multi-trial** run (:func:`cmat_gym.evaluation.run_trials`) hands a retry the
+reflections of its task's earlier failed trials explicitly, with the reset option
+``trial_reflections`` (a list of texts, shown under their own heading). After a failed episode in
+which the Assistant acted, ``reflection_writer(instruction, view)`` writes a reflection, stored
+unless the store is read-only (or absent), and reported as the final step's ``info["reflection"]``.
+The writer (``"template"``: :func:`~cmat_gym.cmat.memory.template_reflection`, the default;
+``"lm"``: :class:`~cmat_gym.agents.chat_agent.LMReflectionWriter` over ``reflection_policy``; or
+any callable) sees the instruction and the Assistant's dialogue with every final-answer
+observation replaced by :data:`GRADED_ANSWER`: nothing the grader knows (expected answers, its
+details, hindsight labels) reaches a reflection.
 
 **Parallel form** (:func:`parallel_env`): one ``step`` is one turn. Only the agent whose turn it is
 acts: ``infos[agent]["active_agent"]`` (and ``active_agent``) names it; actions for other agents are
@@ -46,14 +55,14 @@ parallel step as a cycle, so there ``max_cycles`` limits turns (all roles togeth
 AEC form it limits Assistant turns (each with its checker turn): the definitions PettingZoo's
 ``max_cycles_test`` checks.
 
-``reset`` options ``task``, ``task_index``, ``split``, ``difficulty`` go to the domain env; other
-keys are ignored (PettingZoo's API tests pass arbitrary options).
+``reset`` options ``task``, ``task_index``, ``split``, ``difficulty`` go to the domain env;
+``trial_reflections`` is the loop's own (see Memory); other keys are ignored (PettingZoo's API tests
+pass arbitrary options).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -63,20 +72,31 @@ from pettingzoo import AECEnv, ParallelEnv
 from pettingzoo.utils import wrappers
 
 from cmat_gym.cmat.checkers import critic_prompt
-from cmat_gym.cmat.memory import ReflectionStore, ShortTermMemory, format_reflections, template_reflection
+from cmat_gym.cmat.memory import (
+    ReflectionStore,
+    ReflectionWriter,
+    ShortTermMemory,
+    format_reflections,
+    format_trial_reflections,
+    template_reflection,
+)
 from cmat_gym.cmat.roles import parse_question, user_prompt
 from cmat_gym.core.actions import ANSWER, OPERATION, ActionError, ParsedAction
 from cmat_gym.core.checking import DomainHooks, Verdict, parse_verdict, public_task
 from cmat_gym.core.domain import get_domain
 from cmat_gym.core.env import TextEnv, render_transcript
-from cmat_gym.core.text import DEFAULT_MAX_ACTION_CHARS, sanitize, text_space
+from cmat_gym.core.text import DEFAULT_MAX_ACTION_CHARS, displayable, sanitize, text_space, write_display
 
 USER, ASSISTANT, CHECKER = "user_0", "assistant_0", "checker_0"
 AGENTS = (USER, ASSISTANT, CHECKER)
 TASK_OPTIONS = ("task", "task_index", "split", "difficulty")
+LOOP_OPTIONS = ("trial_reflections",)
 REJECTED = "Error: rejected by the checker (not executed): "
-
-ReflectionWriter = Callable[[str, list[dict]], str]
+GRADED_ANSWER = "Final answer received (incorrect)."
+"""What a reflection writer sees in place of a final-answer observation: reflections are written only
+after failed episodes, so this says all the grader may say (a domain's own wording might quote the
+expected answer)."""
+REFLECTION_WRITERS = ("template", "lm")
 
 
 def make_domain_env(domain_env: str | TextEnv, **kwargs: Any) -> TextEnv:
@@ -101,6 +121,26 @@ def domain_hooks(env: TextEnv) -> DomainHooks:
         return DomainHooks()
 
 
+def make_reflection_writer(
+    writer: str | ReflectionWriter | None = None, policy: Any = None
+) -> ReflectionWriter:
+    """The reflection writer ``writer`` names: ``"template"`` or None (:func:`template_reflection`),
+    ``"lm"`` (:class:`~cmat_gym.agents.chat_agent.LMReflectionWriter` over ``policy``, the Assistant's
+    chat model), or a callable ``(instruction, view) -> text`` used as is."""
+    if writer is None or writer == "template":
+        return template_reflection
+    if writer == "lm":
+        if policy is None:
+            raise ValueError("Expects reflection_policy=<the Assistant's chat model> with reflection_writer='lm', "
+                             "actual None")
+        from cmat_gym.agents.chat_agent import LMReflectionWriter  # torch: imported only when asked for
+
+        return LMReflectionWriter(policy)
+    if callable(writer):
+        return writer
+    raise ValueError(f"Expects reflection_writer in {REFLECTION_WRITERS} or a callable, actual {writer!r}")
+
+
 def open_store(memory: ReflectionStore | str | os.PathLike[str] | None) -> ReflectionStore | None:
     """A reflection store from a store, a path (opened read-write) or None."""
     if memory is None or isinstance(memory, ReflectionStore):
@@ -119,8 +159,11 @@ class raw_env(AECEnv[str, dict[str, str], Any]):  # noqa: N801 - PettingZoo's na
         checker_history_turns: recent turns in the Checker's observation.
         checker_weight: weight of the per-turn shaping reward from the checker's score.
         memory: a ReflectionStore, a path to one, or None (no long-term memory).
-        memory_k: reflections retrieved per episode.
-        reflection_writer: ``(instruction, dialogue) -> text`` after a failed episode.
+        memory_k: reflections retrieved per episode (and, in a multi-trial run, the most recent
+            reflections of the task's own earlier trials shown).
+        reflection_writer: ``"template"`` (default), ``"lm"`` (needs ``reflection_policy``) or a callable
+            ``(instruction, view) -> text``, called after a failed episode.
+        reflection_policy: the chat model of ``reflection_writer="lm"`` (the Assistant's own).
         render_mode: ``"ansi"`` (``render()`` returns the transcript) or ``"human"`` (prints it).
         **env_kwargs: passed to the domain env (``tasks=``, ``split=``, ``max_rounds=``, ...).
     """
@@ -138,7 +181,8 @@ class raw_env(AECEnv[str, dict[str, str], Any]):  # noqa: N801 - PettingZoo's na
         checker_weight: float = 0.0,
         memory: ReflectionStore | str | os.PathLike[str] | None = None,
         memory_k: int = 3,
-        reflection_writer: ReflectionWriter | None = None,
+        reflection_writer: str | ReflectionWriter | None = None,
+        reflection_policy: Any = None,
         render_mode: str | None = None,
         **env_kwargs: Any,
     ) -> None:
@@ -157,7 +201,7 @@ class raw_env(AECEnv[str, dict[str, str], Any]):  # noqa: N801 - PettingZoo's na
         self._owns_memory = memory is not None and not isinstance(memory, ReflectionStore)
         self.memory = open_store(memory)
         self.memory_k = memory_k
-        self.reflection_writer = reflection_writer or template_reflection
+        self.reflection_writer = make_reflection_writer(reflection_writer, reflection_policy)
         self.render_mode = render_mode
         self.max_obs_chars = self.domain_env.max_obs_chars
 
@@ -168,6 +212,9 @@ class raw_env(AECEnv[str, dict[str, str], Any]):  # noqa: N801 - PettingZoo's na
         self.task = None
         self.transcript: list[dict[str, str]] = []  # every role's turns, for render()
         self.dialogue: list[dict[str, str]] = []  # what the Assistant has seen and done
+        self.reflections: list[Any] = []
+        self.trial_reflections: list[str] = []
+        self.reflection: str | None = None
         self._closed = False
 
     def observation_space(self, agent: str) -> spaces.Dict:
@@ -187,6 +234,10 @@ class raw_env(AECEnv[str, dict[str, str], Any]):  # noqa: N801 - PettingZoo's na
 
     # ------------------------------------------------------------------ reset
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> None:
+        trials = (options or {}).get("trial_reflections")
+        if trials is not None and (not isinstance(trials, list | tuple)
+                                   or not all(isinstance(t, str) for t in trials)):
+            raise TypeError(f"Expects options['trial_reflections'] to be a list of str, actual {trials!r}")
         options = {k: v for k, v in (options or {}).items() if k in TASK_OPTIONS}
         self._first_observation, _ = self.domain_env.reset(seed=seed, options=options)
         self.task = self.domain_env.task
@@ -207,8 +258,18 @@ class raw_env(AECEnv[str, dict[str, str], Any]):  # noqa: N801 - PettingZoo's na
         self._records: list[tuple[bool, bool | None]] = []  # (approved, hindsight) per reviewed action
         self._final: dict[str, Any] = {}
         self.reflection_written = False
+        self.reflection = None
+        self._graded: set[int] = set()  # dialogue indices of final-answer observations (grader feedback)
+        # A multi-trial episode (the option is given, even empty) always reflects on a failure: the
+        # next trial needs the text even when no writable store keeps it.
+        self._in_trials = trials is not None
+        kept = [t for t in (trials or []) if t.strip()]
+        self.trial_reflections = kept[-self.memory_k:] if self.memory_k > 0 else []  # the most recent ones
+        # Single-trial protocol: never a reflection of this very task (it may quote what the Assistant
+        # computed, i.e. possibly the answer); only reflections on other, similar tasks.
         self.reflections = (self.memory.search(self.task.instruction, split=self.task.split, domain=self.task.domain,
-                                               k=self.memory_k) if self.memory is not None else [])
+                                               k=self.memory_k, exclude_task_id=self.task.task_id)
+                            if self.memory is not None else [])
         self._obs = {USER: sanitize(user_prompt(self.public_task), self.max_obs_chars),
                      ASSISTANT: "Waiting for the user's request.",
                      CHECKER: "Waiting for the assistant's proposal."}
@@ -252,6 +313,8 @@ class raw_env(AECEnv[str, dict[str, str], Any]):  # noqa: N801 - PettingZoo's na
                 first = self._first_observation  # exactly what the single-agent env shows
             else:
                 first = f"{message}\n\n{self.task.context}".strip()
+            if self.trial_reflections:
+                first = f"{first}\n\n{format_trial_reflections(self.trial_reflections)}"
             if self.reflections:
                 first = f"{first}\n\n{format_reflections(self.reflections)}"
             self.dialogue.append({"role": "user", "content": first})
@@ -310,6 +373,8 @@ class raw_env(AECEnv[str, dict[str, str], Any]):  # noqa: N801 - PettingZoo's na
         self.infos[CHECKER] = {"checker_verdict": label, "hindsight": hindsight,
                                "agreed": None if hindsight is None else verdict.approve == hindsight}
         self._tell_assistant(role, message)
+        if verdict.approve and not isinstance(parsed, ActionError) and parsed.kind == ANSWER:
+            self._graded.add(len(self.dialogue) - 1)
         self.agent_selection = ASSISTANT
         if terminated or truncated:
             self._final = info
@@ -391,16 +456,27 @@ class raw_env(AECEnv[str, dict[str, str], Any]):  # noqa: N801 - PettingZoo's na
             self._write_reflection()
         metrics = self.episode_metrics()
         for agent in self.agents:
-            self.infos[agent] = {**self.infos[agent], "episode_metrics": metrics}
+            self.infos[agent] = {**self.infos[agent], "episode_metrics": metrics, "reflection": self.reflection}
+
+    def reflection_view(self) -> list[dict[str, str]]:
+        """What a reflection writer sees: the Assistant's dialogue (copies), each final-answer observation
+        replaced by :data:`GRADED_ANSWER`. Nothing else the grader knows is in the dialogue: the Task
+        payload, ``info["evaluation"]`` and hindsight labels never enter it."""
+        return [{"role": t["role"], "content": GRADED_ANSWER if i in self._graded else t["content"]}
+                for i, t in enumerate(self.dialogue)]
 
     def _write_reflection(self) -> None:
-        if self.memory is None or self.memory.mode == "ro":
+        writable = self.memory is not None and self.memory.mode != "ro"
+        if not (writable or self._in_trials):
             return
-        text = self.reflection_writer(self.task.instruction, [dict(t) for t in self.dialogue])
-        if text and text.strip():
+        text = self.reflection_writer(self.task.instruction, self.reflection_view())
+        if not text or not text.strip():
+            return
+        self.reflection = text.strip()
+        if writable and self.memory is not None:
             self.memory.add(split=self.task.split, domain=self.task.domain, task_id=self.task.task_id,
-                            task_text=self.task.instruction, text=text.strip())
-            self.reflection_written = True
+                            task_text=self.task.instruction, text=self.reflection)
+        self.reflection_written = True
 
     def episode_metrics(self) -> dict[str, Any]:
         """The episode's numbers so far. A *positive* is a rejection of an action that hindsight
@@ -421,7 +497,8 @@ class raw_env(AECEnv[str, dict[str, str], Any]):  # noqa: N801 - PettingZoo's na
             "checker_precision": caught / rejected if rejected else None,
             "checker_recall": caught / bad if bad else None,
             "checker_agreement": sum(a == h for a, h in known) / len(known) if known else None,
-            "reflections_used": len(self.reflections),
+            "reflections_used": len(self.reflections) + len(self.trial_reflections),
+            "own_task_reflections_used": len(self.trial_reflections),
             "reflection_written": self.reflection_written,
         }
 
@@ -430,10 +507,10 @@ class raw_env(AECEnv[str, dict[str, str], Any]):  # noqa: N801 - PettingZoo's na
         if self.render_mode is None:
             gym.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'human'.")
             return None
-        text = sanitize(render_transcript(self.transcript), 2**31 - 1)  # agent text may hold anything
+        text = displayable(render_transcript(self.transcript))  # agent text may hold anything
         if self.render_mode == "ansi":
             return text
-        print(text)
+        write_display(text)
         return None
 
     def close(self) -> None:

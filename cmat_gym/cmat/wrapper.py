@@ -15,7 +15,13 @@ in hindsight: it ran, or would have run, without error and, on a question task, 
 data; a final answer: whether it was correct). The last step's info adds ``episode_metrics``:
 ``rejected_actions``, ``checker_precision``, ``checker_recall`` (a positive is a rejection of an
 action that hindsight calls bad; None when undefined), ``checker_agreement``, ``reflections_used``,
-``reflection_written``, ``success``, ``score``, ``assistant_turns``, ``questions``.
+``own_task_reflections_used``, ``reflection_written``, ``success``, ``score``, ``assistant_turns``,
+``questions``; and ``info["reflection"]``, the reflection written on this episode (None if none).
+
+Reflections follow the single-trial protocol: a task is never served a reflection written on that
+same task. ``reset(options={"trial_reflections": [...]})`` makes the episode a trial of a multi-trial
+run (:func:`cmat_gym.evaluation.run_trials`): the texts are the reflections of the task's earlier
+failed trials, shown under their own heading.
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ from typing import Any
 import gymnasium as gym
 
 from cmat_gym.cmat.checkers import Checker, make_checker
-from cmat_gym.cmat.memory import ReflectionStore
-from cmat_gym.cmat.pettingzoo_env import ASSISTANT, CHECKER, TASK_OPTIONS, USER, ReflectionWriter, raw_env
+from cmat_gym.cmat.memory import ReflectionStore, ReflectionWriter
+from cmat_gym.cmat.pettingzoo_env import ASSISTANT, CHECKER, LOOP_OPTIONS, TASK_OPTIONS, USER, raw_env
 from cmat_gym.cmat.roles import ScriptedUser, User
 from cmat_gym.core.actions import Grammar
 from cmat_gym.core.env import TextEnv
@@ -56,14 +62,16 @@ class CMATEnv(gym.Env[str, str]):
         checker_weight: float = 0.0,
         max_cycles: int | None = None,
         memory_k: int = 3,
-        reflection_writer: ReflectionWriter | None = None,
+        reflection_writer: str | ReflectionWriter | None = None,
+        reflection_policy: Any = None,
         checker_policy: Any = None,
         render_mode: str | None = None,
         **env_kwargs: Any,
     ) -> None:
         self.loop = raw_env(env_id, max_cycles=max_cycles, history_turns=history_turns,
                             checker_weight=checker_weight, memory=memory, memory_k=memory_k,
-                            reflection_writer=reflection_writer, render_mode=render_mode, **env_kwargs)
+                            reflection_writer=reflection_writer, reflection_policy=reflection_policy,
+                            render_mode=render_mode, **env_kwargs)
         self.checker = make_checker(checker, self.loop.domain_env.domain, policy=checker_policy)
         self.user = user if user is not None else ScriptedUser()
         self.render_mode = render_mode
@@ -92,15 +100,17 @@ class CMATEnv(gym.Env[str, str]):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
-        unknown = set(options or {}) - set(TASK_OPTIONS)
+        unknown = set(options or {}) - set(TASK_OPTIONS) - set(LOOP_OPTIONS)
         if unknown:
-            raise ValueError(f"Expects reset options among {', '.join(TASK_OPTIONS)}; actual {sorted(unknown)}")
+            raise ValueError(f"Expects reset options among {', '.join(TASK_OPTIONS + LOOP_OPTIONS)}; "
+                             f"actual {sorted(unknown)}")
         loop = self.loop
         loop.reset(seed=seed, options=options)
         loop.step(self.user.speak(loop.public_task))
         task = loop.task
         info = {"task_id": task.task_id, "domain": task.domain, "split": task.split, "difficulty": task.difficulty,
-                "reflections_used": len(loop.reflections)}
+                "reflections_used": len(loop.reflections) + len(loop.trial_reflections),
+                "own_task_reflections_used": len(loop.trial_reflections)}
         return loop.observe(ASSISTANT)["text"], info
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
@@ -118,6 +128,11 @@ class CMATEnv(gym.Env[str, str]):
         # The loop builds a fresh info dict every turn, so it is handed out without a copy.
         return (loop.observe(ASSISTANT)["text"], loop.cumulative_reward(ASSISTANT),
                 loop.terminations[ASSISTANT], loop.truncations[ASSISTANT], loop.infos[ASSISTANT])
+
+    @property
+    def reflection(self) -> str | None:
+        """The reflection written on the latest episode (None when it succeeded or none was written)."""
+        return self.loop.reflection
 
     def render(self) -> str | None:
         return self.loop.render()
@@ -147,7 +162,9 @@ def make_cmat(
         history_turns: recent turns repeated in each observation (0: the newest message only, as the
             domain env; chat policies that keep their own history want 0).
         checker_weight: per-turn shaping reward ``checker_weight * checker_score`` (default off).
-        **env_kwargs: ``max_cycles``, ``memory_k``, ``reflection_writer``, ``checker_policy``,
+        **env_kwargs: ``max_cycles``, ``memory_k``, ``reflection_writer`` (``"template"``, the default;
+            ``"lm"``, the Assistant's own chat model given as ``reflection_policy=``, reflecting on its
+            failed attempt; or a callable ``(instruction, view) -> text``), ``checker_policy``,
             ``render_mode``, and anything for the domain env (``tasks=``, ``split=``, ...).
     """
     return CMATEnv(env_id, checker=checker, user=user, memory=memory, history_turns=history_turns,

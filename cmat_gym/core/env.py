@@ -12,7 +12,6 @@ one :func:`~cmat_gym.core.domain.register_domain` call.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -21,7 +20,14 @@ import gymnasium as gym
 
 from cmat_gym.core.actions import ANSWER, ActionError, Grammar, ParsedAction
 from cmat_gym.core.task import SPLITS, Task
-from cmat_gym.core.text import DEFAULT_MAX_ACTION_CHARS, DEFAULT_MAX_OBS_CHARS, sanitize, text_space
+from cmat_gym.core.text import (
+    DEFAULT_MAX_ACTION_CHARS,
+    DEFAULT_MAX_OBS_CHARS,
+    displayable,
+    sanitize,
+    text_space,
+    write_display,
+)
 
 PROCEDURAL = "procedural"
 
@@ -286,10 +292,11 @@ class TextEnv(gym.Env[str, str]):
         if self.render_mode is None:
             gym.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'human'.")
             return None
-        transcript = render_transcript(self.trajectory)
+        # Actions are recorded as sent (the trajectory is training data); what is shown is sanitised.
+        transcript = displayable(render_transcript(self.trajectory))
         if self.render_mode == "ansi":
             return transcript
-        sys.stdout.write(transcript + "\n")
+        write_display(transcript)
         return None
 
     def close(self) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import string
+import sys
+from typing import TextIO
 
 from gymnasium import spaces
 
@@ -41,3 +43,21 @@ def sanitize(text: str, max_length: int) -> str:
         keep = max(0, max_length - len(TRUNCATION_MARKER.format(n=len(text))))
         text = (text[:keep] + TRUNCATION_MARKER.format(n=len(text) - keep))[:max_length]
     return text
+
+
+def displayable(text: str) -> str:
+    """``text`` mapped into :data:`CHARSET` with no length limit: what ``render()`` shows. Agent text may
+    hold anything (a lone surrogate such as ``"\\ud800"`` cannot be encoded at all, so printing it would
+    raise on every later render of the same transcript)."""
+    return sanitize(text, len(text) if isinstance(text, str) else len(str(text)))
+
+
+def write_display(text: str, stream: TextIO | None = None) -> None:
+    """Write ``displayable(text)`` and a newline to ``stream`` (default: the current ``sys.stdout``),
+    replacing what the stream's encoding cannot hold (an ASCII terminal) instead of raising."""
+    stream = stream if stream is not None else sys.stdout
+    text = displayable(text) + "\n"
+    encoding = getattr(stream, "encoding", None)
+    if encoding:
+        text = text.encode(encoding, errors="replace").decode(encoding, errors="replace")
+    stream.write(text)

@@ -3,6 +3,7 @@ do not execute, hindsight labels and metrics, the user's answers, and long-term 
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -226,7 +227,12 @@ def test_failed_episode_writes_a_reflection_that_the_next_similar_task_retrieves
     _, _, info = play(env, [op("SELECT * FROM nowhere"), WRONG])
     assert info["episode_metrics"]["reflection_written"] and len(store) == 1
     assert calls[0][0] == instruction and any("nowhere" in t["content"] for t in calls[0][1])
+    # Single-trial protocol: the same task never gets its own reflection back ...
     first, info = env.reset(options={"task_index": 3})
+    assert info["reflections_used"] == 0 and "Lessons from earlier attempts" not in first
+    # ... while a similar task (here: the same text under another id) does.
+    similar = dataclasses.replace(env.task, task_id=env.task.task_id + "-similar")
+    first, info = env.reset(options={"task": similar})
     assert info["reflections_used"] == 1
     assert "Lessons from earlier attempts" in first and "Check the table names" in first
     # A success writes nothing.
@@ -243,7 +249,8 @@ def test_default_writer_and_read_only_store(tmp_path: Any) -> None:
     frozen = ReflectionStore(path, mode="ro")
     assert len(frozen) == 1 and "nowhere" in frozen.all()[0].text  # template_reflection's account
     env = make_cmat("cmat/DB-v0", memory=frozen)
-    first, info = env.reset(options={"task_index": 3})
+    task = DBEnv.generate_task(3, "train", 1 + 3 % 3)  # what task_index 3 drew above, under another id
+    first, info = env.reset(options={"task": dataclasses.replace(task, task_id="similar-to-3")})
     assert info["reflections_used"] == 1
     _, _, info = play(env, [WRONG])
     assert not info["episode_metrics"]["reflection_written"] and len(frozen) == 1
