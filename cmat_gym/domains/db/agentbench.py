@@ -12,6 +12,7 @@ from cmat_gym.core.taskfile import read_records
 from cmat_gym.domains.db.scoring import MUTATION_KINDS
 
 _MD5 = re.compile(r"[0-9a-f]{32}")
+MYSQL = "mysql"  # the dialect AgentBench's tables were created in (MySQL 8, server defaults)
 
 
 def parse_answer_md5(raw: Any) -> str | None:
@@ -25,7 +26,8 @@ def parse_answer_md5(raw: Any) -> str | None:
 
 
 def record_to_task(record: dict[str, Any], task_id: str) -> Task:
-    """One dbbench record as a Task (columns created as TEXT, as AgentBench does)."""
+    """One dbbench record as a Task (columns created as TEXT, as AgentBench does; every table is marked
+    ``"dialect": "mysql"``, so the env runs it with MySQL's semantics: :mod:`cmat_gym.domains.db.mysql`)."""
     raw_tables = record["table"] if isinstance(record["table"], list) else [record["table"]]
     tables = [
         {
@@ -34,6 +36,7 @@ def record_to_task(record: dict[str, Any], task_id: str) -> Task:
             "rows": [[None if v is None else str(v) for v in row] for row in t["table_info"]["rows"]],
             "primary_key": None,
             "foreign_keys": [],
+            "dialect": MYSQL,
         }
         for t in raw_tables
     ]

@@ -8,14 +8,18 @@ payload's label, gold SQL or hash. Checks, in order:
 2. a final answer is approved, scored lower when nothing supports it yet (no successful query, or
    for a change request no row changed);
 3. the statement is dry-run: run inside a SAVEPOINT that is rolled back (transaction control is
-   never run), compiled by SQLite itself under a recording authorizer that reports exactly what
-   it reads and writes. Errors reject it: unknown tables and columns come back with the right
+   never run), compiled by SQLite itself while the sandbox's authorizer records exactly what it
+   reads and writes. Errors reject it: unknown tables and columns come back with the right
    names and a did-you-mean (for columns, sqlglot, sqlite dialect then mysql, finds which tables
    the statement names and what its aliases stand for); any other error is reported as is;
 4. a statement that writes (INSERT/UPDATE/DELETE or any DDL, as the authorizer saw) is rejected on
-   a question task (question vs change is read from the instruction, see :func:`task_intent`), and
-   so are DROP TABLE and UPDATE/DELETE without a WHERE clause; otherwise the feedback says how many
-   rows it would change ("dry run: 3 rows affected").
+   a question task (question vs change is read from the instruction, see :func:`task_intent`);
+   on a change task so are DROP TABLE, ALTER TABLE and CREATE TRIGGER (they drop, reshape or
+   booby-trap the tables the task grades), UPDATE/DELETE without a WHERE clause, and UPDATE/DELETE
+   whose dry run changes every row of a table of 2+ rows (a WHERE that is always true, such as
+   ``WHERE 1``, is judged by what it selects, not by how it is spelled) unless the instruction asks
+   for all rows; otherwise the feedback says how many rows it would change ("dry run: 3 rows
+   affected").
 
 Why SQLite analyses and sqlglot only explains: profiling showed sqlglot's pure-Python parse at
 0.2-0.6 ms a statement, 2-5x a whole raw env step, while SQLite compiles in tens of microseconds,
@@ -42,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from cmat_gym.core.actions import ANSWER, ActionError, ParsedAction
 from cmat_gym.core.checking import Checker, DomainHooks, Turn, Verdict, parsed_or_parse
 from cmat_gym.core.task import Task
-from cmat_gym.domains.db.backend import SQLiteSandbox, quote_ident
+from cmat_gym.domains.db.backend import AuthEvent, GradingLimitExceeded, SQLiteSandbox, quote_ident
 from cmat_gym.domains.db.scoring import MUTATION_KINDS
 
 if TYPE_CHECKING:
@@ -115,6 +119,7 @@ class DryRun:
         rowcount: rows changed (writes), as the cursor reports it.
         rows: rows returned (reads; capped at the sandbox's max_rows).
         changed: whether it changed data or schema (before the rollback).
+        database: the schema of ``table`` (``"main"`` or ``"temp"``).
     """
 
     statement: str = "SELECT"
@@ -123,98 +128,72 @@ class DryRun:
     rowcount: int = -1
     rows: int = 0
     changed: bool = False
+    database: str = "main"
 
     @property
     def writes(self) -> bool:
         return self.statement not in ("SELECT", "TRANSACTION")
 
 
-class _Recorder:
-    """An authorizer that applies the sandbox's rules and, while ``events`` is a list, records.
-
-    Installed once per connection: ``set_authorizer`` expires every prepared statement of the
-    connection, so swapping authorizers around each dry run would cost the env its statement cache.
-    """
-
-    def __init__(self, sandbox: SQLiteSandbox) -> None:
-        self.conn = sandbox.conn
-        self.events: list[tuple[int, str | None, str | None]] | None = None
-        authorize = sandbox._authorize
-
-        def record(action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None) -> int:
-            if self.events is not None and trigger is None:
-                self.events.append((action, arg1, arg2))
-            return authorize(action, arg1, arg2, db, trigger)
-
-        self.conn.set_authorizer(record)
-
-
-def _recorder(sandbox: SQLiteSandbox) -> _Recorder:
-    recorder = getattr(sandbox, "_cmat_recorder", None)
-    if recorder is None or recorder.conn is not sandbox.conn:  # a new episode loads a new connection
-        recorder = _Recorder(sandbox)
-        sandbox._cmat_recorder = recorder  # type: ignore[attr-defined]
-    return recorder
-
-
-def _classify(events: list[tuple[int, str | None, str | None]]) -> tuple[str, str]:
-    """(statement, table) from the authorizer's events: DDL first (DROP TABLE also deletes rows)."""
+def _classify(events: Sequence[AuthEvent]) -> tuple[str, str, str]:
+    """(statement, table, database) from the authorizer's events: DDL first (DROP TABLE also deletes rows)."""
     dml = None
-    for action, arg1, arg2 in events:
+    for action, arg1, arg2, db in events:
         if action in _DDL:
-            return _DDL[action], (arg2 if action in _TABLE_IN_ARG2 else arg1) or ""
+            return _DDL[action], (arg2 if action in _TABLE_IN_ARG2 else arg1) or "", db or "main"
         if dml is None and action in _DML and arg1 and not arg1.startswith("sqlite_"):
-            dml = (_DML[action], arg1)
-    return dml or ("SELECT", "")
+            dml = (_DML[action], arg1, db or "main")
+    return dml or ("SELECT", "", "main")
 
 
 def dry_run(sandbox: SQLiteSandbox, sql: str) -> DryRun:
     """Run ``sql`` inside a SAVEPOINT that is rolled back, under the sandbox's limits, and report.
 
-    SQLite compiles the statement once, with the recording authorizer telling exactly what it
-    reads and writes; the prepared statement stays in the connection's statement cache, so when
-    the approved action then runs for real it is not compiled again (this is what keeps the
-    checker's cost near one extra run of the statement). Transaction control is never run: it
-    would end the savepoint.
+    SQLite compiles the statement once, and the sandbox's authorizer records exactly what it reads
+    and writes (:meth:`SQLiteSandbox.recording`: the sandbox's one authorizer, installed for the
+    connection's whole life, so no statement the agent ran before can switch the recording off); the
+    prepared statement stays in the connection's statement cache, so when the approved action then
+    runs for real it is not compiled again (this is what keeps the checker's cost near one extra run
+    of the statement). Transaction control is never run: it would end the savepoint.
     """
     if _TRANSACTION_START.match(sql):
         return DryRun(statement="TRANSACTION")
-    recorder = _recorder(sandbox)
     if _SELECT_START.match(sql):  # a SELECT cannot write (no writing function is allowed): no savepoint
         # (Like the real run, a SELECT that hits the time limit inside the agent's own open
         # transaction makes the sandbox roll that transaction back.)
         result = sandbox.execute(sql)
         return DryRun("SELECT", "", result.error, result.rowcount, len(result.rows), False)
     conn = sandbox.conn
-    events: list[tuple[int, str | None, str | None]] = []
     before = conn.total_changes
     conn.execute("SAVEPOINT cmat_dry_run")
-    recorder.events = events
     try:
-        result = sandbox.execute(sql)
+        with sandbox.recording() as events:
+            result = sandbox.execute(sql)
         total = conn.total_changes
     finally:
-        recorder.events = None
         _rollback(conn)
     if not events and result.error is None:
         # The statement came from the statement cache (it ran before in this episode), so it was
         # not compiled and the authorizer saw nothing: compile a unique EXPLAIN of it instead.
-        events = _explain_events(recorder, sql)
-    statement, table = _classify(events)
+        events = _explain_events(sandbox, sql)
+    statement, table, database = _classify(events)
     changed = result.error is None and (total != before or statement in _DDL.values())
-    return DryRun(statement, table, result.error, result.rowcount, len(result.rows), changed)
+    return DryRun(statement, table, result.error, result.rowcount, len(result.rows), changed, database)
 
 
-def _explain_events(recorder: _Recorder, sql: str) -> list[tuple[int, str | None, str | None]]:
-    events: list[tuple[int, str | None, str | None]] = []
-    recorder.events = events
-    try:  # the comment makes the text new to the statement cache, so it is compiled
-        recorder.conn.execute(f"EXPLAIN {_EXPLAIN_PREFIX.sub('', sql, count=1)}\n-- {next(_unique)}")
-    except (sqlite3.Error, ValueError, OverflowError, MemoryError, RecursionError):
-        pass
-    finally:
-        recorder.events = None
+def _explain_events(sandbox: SQLiteSandbox, sql: str) -> list[AuthEvent]:
+    # The comment makes the text new to the statement cache, so it is compiled (EXPLAIN runs nothing).
+    with sandbox.recording() as events:
+        sandbox.execute(f"EXPLAIN {_EXPLAIN_PREFIX.sub('', sql, count=1)}\n-- {next(_unique)}")
     return events
+
+
+def table_row_count(sandbox: SQLiteSandbox, table: str, database: str = "main") -> int:
+    """Rows in ``database.table`` now, or -1 when they cannot be counted within the sandbox's limits."""
+    try:
+        return sandbox.query_trusted(f"SELECT count(*) FROM {quote_ident(database)}.{quote_ident(table)}")[0][0]
+    except (GradingLimitExceeded, sqlite3.Error):
+        return -1
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -306,6 +285,20 @@ def _did_you_mean(name: str, options: Sequence[str]) -> str:
 
 
 # ---------------------------------------------------------------------------- the checker
+# DDL that a change task never needs and that breaks what it grades: the table goes, changes shape
+# (AgentBench's hash covers every column), or a trigger silently rewrites the agent's later changes.
+_DESTRUCTIVE_DDL = {
+    "DROP TABLE": "DROP TABLE would delete the whole table '{table}'; change only the rows the task names "
+                  "(UPDATE/DELETE ... WHERE ...)",
+    "ALTER TABLE": "ALTER TABLE would change the table '{table}' itself (its name or columns); change only the "
+                   "rows the task names (INSERT/UPDATE/DELETE)",
+    "CREATE TRIGGER": "CREATE TRIGGER would change what later statements on '{table}' do; change the rows "
+                      "directly (INSERT/UPDATE/DELETE)",
+}
+# A request for every row. Measured: 3 of the 750 gold UPDATE/DELETE statements of AgentBench's dbbench
+# dev split and 1400 procedural tasks (both splits, difficulty 1-3) change every row of their table, each
+# for an instruction that says "all"; none changes every row without such a word.
+_ALL_ROWS = re.compile(r"\b(all|every|each|both|entire|whole|everything|everyone)\b", re.IGNORECASE)
 _ROWS_CHANGED = re.compile(r"^Query OK, (\d+) rows? affected")
 
 
@@ -316,8 +309,10 @@ class DBRuleChecker(Checker):
     schema and the dry run); it reads only ``task.instruction`` and the database, never the payload.
 
     Scores (heuristic, in [0, 1]): 0.0 for errors and malformed actions, 0.1 for rules broken
-    (a write on a question, DROP TABLE, no WHERE); 0.8 for a read; 0.9 for a write that changes
-    rows on a change task (0.6 when the instruction is unclear, 0.4 when it would change no row);
+    (a write on a question, DROP TABLE, ALTER TABLE, CREATE TRIGGER, no WHERE, every row changed);
+    0.8 for a read; 0.9 for a write that changes rows on a change task (0.6 when the instruction is
+    unclear, 0.5 when it changes every row of a table the instruction asks "all" of, 0.4 when it
+    would change no row);
     a final answer 0.9, or 0.3 when nothing supports it yet.
     """
 
@@ -346,13 +341,21 @@ class DBRuleChecker(Checker):
         if intent == QUESTION:
             return Verdict(False, f"the task asks a question, so no data may change, but this {statement} would "
                                   f"modify '{table}'; use SELECT to find the answer", 0.1)
-        if statement == "DROP TABLE":
-            return Verdict(False, f"DROP TABLE would delete the whole table '{table}'; change only the rows "
-                                  "the task names (UPDATE/DELETE ... WHERE ...)", 0.1)
-        if statement in ("UPDATE", "DELETE") and not has_top_level_where(sql):
-            return Verdict(False, f"{statement} without a WHERE clause would change every row of '{table}' "
-                                  f"({run.rowcount} rows); add a WHERE clause that selects only the rows to change",
-                           0.1)
+        if statement in _DESTRUCTIVE_DDL:
+            return Verdict(False, _DESTRUCTIVE_DDL[statement].format(table=table), 0.1)
+        if statement in ("UPDATE", "DELETE"):
+            if not has_top_level_where(sql):
+                return Verdict(False, f"{statement} without a WHERE clause would change every row of '{table}' "
+                                      f"({run.rowcount} rows); add a WHERE clause that selects only the rows to "
+                                      "change", 0.1)
+            rows = table_row_count(sandbox, table, run.database) if run.rowcount >= 2 else -1
+            if rows >= 2 and run.rowcount >= rows:
+                if not _ALL_ROWS.search(task.instruction):
+                    return Verdict(False, f"{statement} would change every row of '{table}' ({rows} rows): its WHERE "
+                                          "clause selects them all; make it select only the rows the task names",
+                                   0.1)
+                return Verdict(True, f"dry run: {run.rowcount} rows affected, every row of '{table}'; check that "
+                                     "the request means all of them", 0.5)
         note = f"dry run: {run.rowcount} row{'s' if run.rowcount != 1 else ''} affected" if run.rowcount >= 0 \
             else "dry run: ok"
         if run.rowcount == 0 and statement in ("UPDATE", "DELETE"):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from cmat_gym.core.actions import ANSWER, Arg, BlockProtocol, Grammar, ParsedAction, Tool
 from cmat_gym.core.env import Evaluation, TextEnv
 from cmat_gym.core.scoring import answer_overlap, answers_match
 from cmat_gym.core.task import Task
-from cmat_gym.domains.db.agentbench import load_dbbench
-from cmat_gym.domains.db.backend import QueryResult, SQLiteSandbox, Table
-from cmat_gym.domains.db.scoring import MUTATION_KINDS, row_diff_score
+from cmat_gym.domains.db.agentbench import MYSQL, load_dbbench
+from cmat_gym.domains.db.backend import GradingLimitExceeded, QueryResult, Table, agentbench_table_hash
+from cmat_gym.domains.db.mysql import MySQLSandbox
+from cmat_gym.domains.db.scoring import MUTATION_KINDS, exact_rows_match, join_table_hashes, row_diff_score
 
 GRAMMAR = Grammar(
     tools=(
@@ -45,9 +47,18 @@ class DBEnv(TextEnv):
     ``sql``, ``commit_final_answer`` with ``answers``). Malformed actions come back as an error
     observation, cost a round and change nothing.
 
-    **Reward**: 0 until the final answer, then 1 if it is correct and 0 otherwise, graded as
-    AgentBench grades (SELECT answers after normalisation, changes by AgentBench's table hash).
+    **Reward**: 0 until the final answer, then 1 if it is correct and 0 otherwise. SELECT answers
+    are graded as AgentBench grades (after normalisation). Changes of AgentBench tasks are graded by
+    AgentBench's table hash (its MySQL ``CONCAT_WS`` hash, which cannot tell ``('a,b', 'c')`` from
+    ``('a', 'b,c')``), or with ``strict=True`` exactly; procedural changes are always graded exactly:
+    the graded tables must equal, as multisets of typed rows, the tables the gold SQL produces on a
+    fresh copy. ``info["evaluation"]`` reports both (``agentbench_hash_match``, ``exact_match``).
     ``info["dense_score"]`` holds a graded score (answer F1, or row-level table similarity).
+
+    **Dialect**: AgentBench's gold answers come from MySQL 8, so AgentBench tasks run with MySQL's
+    backslash escapes, its case- and accent-insensitive default collation and its string/number
+    comparisons emulated on SQLite (:mod:`cmat_gym.domains.db.mysql`; ``mysql_emulation=False``
+    turns this off). Procedural tasks are plain SQLite.
 
     **Episode end**: ``terminated`` on a final answer; ``truncated`` after ``max_rounds``
     operations (default 20, as AgentBench).
@@ -57,9 +68,12 @@ class DBEnv(TextEnv):
     grammar = GRAMMAR
     default_max_rounds = 20
 
-    def __init__(self, *args: Any, statement_timeout_s: float = 2.0, max_result_rows: int = 50, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, statement_timeout_s: float = 2.0, max_result_rows: int = 50,
+                 strict: bool = False, mysql_emulation: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.sandbox = SQLiteSandbox(timeout_s=statement_timeout_s, max_rows=max_result_rows)
+        self.strict = bool(strict)
+        self.mysql_emulation = bool(mysql_emulation)
+        self.sandbox = MySQLSandbox(timeout_s=statement_timeout_s, max_rows=max_result_rows)
 
     # ----------------------------------------------------------------- tasks
     @classmethod
@@ -86,8 +100,13 @@ class DBEnv(TextEnv):
         return actions
 
     # ----------------------------------------------------------------- episode
+    def uses_mysql(self, task: Task) -> bool:
+        """Whether ``task`` runs with MySQL semantics: its tables were created in MySQL (AgentBench
+        files), unless ``mysql_emulation=False``. Reads only the tables, never the gold."""
+        return self.mysql_emulation and any(t.get("dialect") == MYSQL for t in task.payload["tables"])
+
     def _setup(self, task: Task) -> None:
-        self.sandbox.load(tables_of(task))
+        self.sandbox.load(tables_of(task), mysql=self.uses_mysql(task))
 
     def _execute(self, action: ParsedAction) -> str:
         return format_result(self.sandbox.execute(action.args["sql"]))
@@ -102,28 +121,59 @@ class DBEnv(TextEnv):
                           {"kind": payload["kind"], "answer": answers})
 
     def _evaluate_change(self) -> Evaluation:
+        """Grade a change by AgentBench's hash and exactly; the grading mode picks which one scores."""
         payload = self.task.payload
-        tables = [t["name"] for t in payload["tables"]]
-        got = self.sandbox.tables_hash(tables)
-        success = got is not None and got == payload.get("answer_md5")
-        dense = 1.0 if success else self._change_similarity()
-        return Evaluation(float(success), success, dense, {"kind": payload["kind"], "table_hash": got})
-
-    def _change_similarity(self) -> float:
-        """Row-level similarity of the changed table to the gold result (replays the gold SQL aside)."""
-        payload = self.task.payload
+        names = [t["name"] for t in payload["tables"]]
+        unreadable: list[str] = []
+        rows = {name: self._rows_or_none(name, unreadable) for name in names}
+        got = None if any(r is None for r in rows.values()) else join_table_hashes(
+            [agentbench_table_hash(rows[name]) for name in names])
+        hash_match = got is not None and got == payload.get("answer_md5")
+        gold, gold_errors = self._gold_tables()
+        exact = all(rows[name] is not None and exact_rows_match(rows[name], gold[name]) for name in names)
+        grading = "agentbench_hash" if is_agentbench(self.task) and not self.strict else "exact"
+        success = hash_match if grading == "agentbench_hash" else exact
         target = payload["target_table"]
-        gold = SQLiteSandbox(timeout_s=self.sandbox.timeout_s)
+        if success:
+            dense = 1.0
+        else:
+            dense = 0.0 if rows.get(target) is None else row_diff_score(rows[target], gold.get(target, []))
+        details: dict[str, Any] = {"kind": payload["kind"], "grading": grading, "table_hash": got,
+                                   "agentbench_hash_match": hash_match, "exact_match": exact}
+        if unreadable:
+            details["unreadable"] = unreadable
+        if gold_errors:
+            details["gold_errors"] = gold_errors
+        return Evaluation(float(success), success, dense, details)
+
+    def _rows_or_none(self, table: str, why: list[str]) -> list[tuple[Any, ...]] | None:
+        """The table's rows, or None (and the reason appended to ``why``) when they cannot be read: the
+        agent dropped the table, or left a view or table the grader cannot read within its limits."""
         try:
-            gold.load(tables_of(self.task))
-            for sql in payload["gold_sql"]:
-                gold.execute(sql)
-            return row_diff_score(self.sandbox.table_rows(target), gold.table_rows(target))
+            return self.sandbox.table_rows(table)
+        except (sqlite3.Error, GradingLimitExceeded) as exc:
+            why.append(f"{table}: {exc}")
+            return None
+
+    def _gold_tables(self) -> tuple[dict[str, list[tuple[Any, ...]]], list[str]]:
+        """Every task table after replaying the gold SQL on a fresh copy (same dialect), and the errors
+        the gold statements raised (a statement MySQL refuses changes nothing there either)."""
+        task = self.task
+        gold = MySQLSandbox(timeout_s=self.sandbox.timeout_s)
+        try:
+            gold.load(tables_of(task), mysql=self.uses_mysql(task))
+            errors = [e for e in (gold.execute(sql).error for sql in task.payload["gold_sql"]) if e]
+            return {t["name"]: gold.table_rows(t["name"]) for t in task.payload["tables"]}, errors
         finally:
             gold.close()
 
     def _teardown(self) -> None:
         self.sandbox.close()
+
+
+def is_agentbench(task: Task) -> bool:
+    """Whether ``task`` was loaded from an AgentBench file (graded and run as AgentBench does)."""
+    return task.payload.get("source") == "agentbench"
 
 
 def tables_of(task: Task) -> list[Table]:

@@ -314,17 +314,18 @@ def test_tables_with_odd_identifiers_and_keys_load():
 
 def test_trusted_query_reading_a_never_ending_view_is_cancelled(monkeypatch, sandbox):
     # An agent can replace the graded table by a view that never ends; the scorer must not hang on it.
+    # (A view that returns rows forever hits the grading row cap first: tests/domains/db/test_db_security.py.)
     monkeypatch.setattr(backend, "_TRUSTED_TIMEOUT_S", 0.3)
     assert sandbox.execute("DROP TABLE people").error is None
     assert (
         sandbox.execute(
             "CREATE VIEW people AS WITH RECURSIVE c(x) AS "
-            "(SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c"
+            "(SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c WHERE x < 0"
         ).error
         is None
     )
     started = time.perf_counter()
-    with pytest.raises(Exception, match="interrupted"):
+    with pytest.raises(backend.GradingLimitExceeded, match="0.3 s time limit"):
         sandbox.table_rows("people")
     assert time.perf_counter() - started < 0.3 + 15.0  # hang guard
     assert sandbox.query_trusted("SELECT 1") == [(1,)]  # the deadline does not stick
