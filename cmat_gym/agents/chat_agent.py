@@ -16,12 +16,15 @@ Built by name through :func:`~cmat_gym.agents.policies.make_policy`: ``"smollm2"
 SmolLM2-135M-Instruct), ``"tiny-random"`` (a random-weight test model) or a local model folder;
 ``adapter=PATH`` adds a saved peft adapter. Defaults suit evaluation: greedy decoding, at most 256
 new tokens, stop at ``<|im_end|>``, CUDA when available. :func:`make_critic_lm` builds the chat
-model of an LLM checker (``checker="llm"``), sharing the agent's model when given one.
+model of an LLM checker (``checker="llm"``), sharing the agent's model when given one, and
+:class:`LMReflectionWriter` lets the Assistant's own model reflect on its failed attempts (Reflexion's
+self-reflection; ``make_cmat(..., reflection_writer="lm", reflection_policy=agent)``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,10 @@ from cmat_gym.agents.lm_policy import Completion, LMPolicy, Message
 from cmat_gym.agents.models import SMOLLM2, TINY_RANDOM, resolve_model_name
 from cmat_gym.agents.policies import resolve_slots
 from cmat_gym.agents.prompts import assistant_system_prompt
+from cmat_gym.cmat.memory import template_reflection
 from cmat_gym.core.domain import get_domain
+from cmat_gym.core.env import render_transcript
+from cmat_gym.core.text import sanitize
 
 STOP = ("<|im_end|>",)
 TRUNCATED = "\n[... cut to fit the context window ...]\n"
@@ -64,13 +70,20 @@ class ChatAgent:
     def act(self, observations: list[str], slots: Sequence[int] | None = None) -> list[str]:
         """Append each observation to its slot's conversation and generate every slot's next action.
 
-        ``slots`` names the slot of each observation (default ``0 .. n-1``).
+        ``slots`` names the slot of each observation (default ``0 .. n-1``). Each slot is a session of
+        the language model (see :class:`~cmat_gym.agents.lm_policy.LMPolicy`): the next turn's prompt
+        extends this turn's token ids and only the new observation is prefilled; a slot starting a new
+        conversation releases the cache of its previous one.
         """
         slots = resolve_slots(slots, len(observations))
+        sessions = [(id(self), slot) for slot in slots]  # one LMPolicy may serve several agents
+        fresh = [key for key, slot in zip(sessions, slots, strict=True) if not self.histories.get(slot)]
+        if fresh and hasattr(self.lm, "release"):
+            self.lm.release(fresh)
         for slot, observation in zip(slots, observations, strict=True):
             self.histories.setdefault(slot, []).append({"role": "user", "content": observation})
         conversations = [self.context(self.histories[slot]) for slot in slots]
-        completions = self.lm.act_messages(conversations, return_details=True)
+        completions = self.lm.act_messages(conversations, return_details=True, sessions=sessions)
         self.last_completions = completions
         for slot, completion in zip(slots, completions, strict=True):
             self.histories[slot].append({"role": "assistant", "content": completion.text})
@@ -141,6 +154,82 @@ class CriticLM:
         """One reply per conversation (see :meth:`LMPolicy.act_messages`)."""
         fitted = [fit_window(self.lm, c, len(c) - 1) for c in conversations]
         return self.lm.act_messages(fitted, **overrides)
+
+
+REFLECTION_PROMPT = (
+    "Here is your failed attempt at a task.\n\nTask: {instruction}\n\nYour attempt:\n{attempt}\n\n"
+    "Write 2-3 sentences: what went wrong and what to do differently next time. "
+    "Do not state the answer."
+)
+_WORD = re.compile(r"[A-Za-z]{2,}")
+_ACTION_LIKE = re.compile(r"^\s*(action\s*:|final\s*answer\s*:|\{)|```", re.IGNORECASE | re.MULTILINE)
+
+
+class LMReflectionWriter:
+    """A :data:`~cmat_gym.cmat.memory.ReflectionWriter` that asks the Assistant's own chat model to
+    reflect on its failed attempt (:data:`REFLECTION_PROMPT`), with the template as the fallback.
+
+    It sees what every writer sees: the instruction and the Assistant's dialogue with grader feedback
+    replaced (the loop's ``reflection_view``), never the Task payload. The reply is used when it reads
+    as prose (at least 3 words, not an action or code); an empty or unusable reply falls back to
+    ``fallback`` (:func:`~cmat_gym.cmat.memory.template_reflection`). Decoding is greedy and the
+    Assistant's conversations are left alone (the model is called directly, not through the agent).
+
+    Args:
+        policy: a :class:`ChatAgent` (its model is used), an :class:`LMPolicy`, or anything with
+            ``act_messages(conversations, **overrides)`` returning texts or completions.
+        max_new_tokens: most tokens of the reflection.
+        max_chars: the reflection is cut to this many characters (at a sentence end when possible).
+        fallback: the writer used when the model's reply is unusable.
+    """
+
+    def __init__(self, policy: Any, *, max_new_tokens: int = 96, max_chars: int = 600,
+                 fallback: Callable[[str, list[dict]], str] = template_reflection) -> None:
+        self.lm = policy.lm if isinstance(policy, ChatAgent) else policy
+        if not hasattr(self.lm, "act_messages"):
+            raise TypeError(f"Expects a ChatAgent or a chat model with act_messages, actual {type(policy).__name__}")
+        self.max_new_tokens = max_new_tokens
+        self.max_chars = max_chars
+        self.fallback = fallback
+
+    def prompt(self, instruction: str, trajectory: list[dict]) -> list[Message]:
+        """The one-message conversation sent to the model (cut in the middle to fit its window)."""
+        attempt = render_transcript(trajectory[1:] if len(trajectory) > 1 else trajectory)
+        messages: list[Message] = [{"role": "user", "content": REFLECTION_PROMPT.format(
+            instruction=instruction.strip(), attempt=attempt)}]
+        if isinstance(self.lm, LMPolicy):
+            messages = fit_window(_Budget(self.lm, self.max_new_tokens), messages, 0)  # type: ignore[arg-type]
+        return messages
+
+    def __call__(self, instruction: str, trajectory: list[dict]) -> str:
+        overrides: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "temperature": 0.0}
+        reply = self.lm.act_messages([self.prompt(instruction, trajectory)], **overrides)[0]
+        text = self._clean(getattr(reply, "text", reply))
+        if text is None:
+            return self.fallback(instruction, trajectory)
+        return f"Task: {' '.join(instruction.split())}\nReflection: {text}"
+
+    def _clean(self, reply: Any) -> str | None:
+        """The reply as one paragraph of at most ``max_chars`` characters, or None when unusable."""
+        text = " ".join(str(reply or "").replace("<|im_end|>", " ").split())
+        if _ACTION_LIKE.search(str(reply or "")) or len(_WORD.findall(text)) < 3:
+            return None
+        if len(text) > self.max_chars:
+            cut = text[: self.max_chars]
+            end = cut.rfind(". ")
+            text = cut[: end + 1] if end > self.max_chars // 2 else cut.rstrip() + "..."
+        return sanitize(text, self.max_chars + 3)
+
+
+class _Budget:
+    """An LMPolicy seen with another ``max_new_tokens`` (to size the reflection prompt's window)."""
+
+    def __init__(self, lm: LMPolicy, max_new_tokens: int) -> None:
+        self._lm, self.max_new_tokens = lm, max_new_tokens
+        self.max_seq_len = lm.max_seq_len
+
+    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
+        return self._lm.prompt_ids(messages)
 
 
 def make_chat_agent(

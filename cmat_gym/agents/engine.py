@@ -21,7 +21,12 @@ the overhead:
   of ~1000, so decoding runs at GPU speed. ``compile=True`` additionally runs the step through
   ``torch.compile`` before capture, which fuses the elementwise ops (fewer, larger kernels).
   Sampling runs eagerly after the replay: a handful of ops on the logits, no host sync.
-* **CPU.** The same code runs eagerly; no graphs, no compile.
+* **CPU.** The same code runs eagerly, attending only over the columns in use (no buckets), with
+  its own thread count (:func:`default_cpu_threads`): with torch's default of one thread per core,
+  every OpenMP region of a decode step waits for its slowest thread, and on a machine whose cores
+  other processes keep busy that wait is a scheduler time slice per op. Profiled on two busy cores
+  (tiny-random, batch 1): 64 ms per token at 2 threads, of which ``logsumexp`` over the 49k-token
+  vocabulary took 39 ms and attention 22 ms; 4 ms at 1 thread (see ``docs/results.md``).
 
 Measured (``benchmarks/rollout_throughput.py``, SmolLM2-135M bf16, batch 256, 64 prompt + 128
 new tokens, one H200): HF ``generate`` 9.1-12.4 s, graphs 0.55 s (17-22x), graphs + compile
@@ -30,8 +35,24 @@ teacher-forced HF forward over the same sequences; compiled, 98.7% of greedy tok
 with it, the rest being ties within 2 bf16 steps. (Greedy rows also drift from HF
 ``generate`` itself in bf16: it rounds differently from HF's own full forward.)
 
-Prefill uses the HF model itself (batched, left-padded, explicit attention mask and
-``position_ids = cumsum(mask) - 1``); its KV is copied into the static cache.
+**Prefill** runs the engine's own forward over the new tokens only, packed (no padding in the
+matmuls), writing their keys/values straight into the cache; attention goes row by row on CPU
+(exact lengths) and row groups on CUDA (padded, fewer launches). Every row keeps its tokens in
+columns ``0 .. len-1``.
+
+**KV reuse (prefix cache and sessions).** The engine remembers the token ids whose keys/values each
+cache row holds. A new prompt reuses the longest prefix it shares with any row (copied into its
+row when it sits in another) and prefills only the rest, so a conversation that grows by one
+observation per turn costs one observation of prefill, not the whole history. Greedy outputs are
+the same as without reuse (a prefix's keys/values do not depend on what follows). Callers that
+keep conversations alive pass ``sessions=[key, ...]`` to :meth:`RolloutEngine.generate`: a
+session keeps its row (prompt + generated tokens) between calls, rows that other prompts need
+move it rather than overwrite it, and :meth:`RolloutEngine.release` frees it. A session's prompt
+that does not start with the ids the row holds (e.g. history cut to fit the window) is re-encoded
+from the first differing token, with an INFO log saying why; so are sessions whose row was
+evicted (more sessions than rows) or whose cache went stale (the weights changed). ``stats``
+counts prompt, reused and prefilled tokens. ``legacy=True`` runs the engine as it was before
+(HF prefill of whole prompts, no reuse, torch's thread count): for before/after benchmarks only.
 
 **Weights and adapters.** The engine decodes with its own copy of the weights, refreshed
 automatically before each :meth:`RolloutEngine.generate` when any parameter of the model
@@ -45,9 +66,12 @@ weights, and are not supported: use HF ``generate`` for them (``LMPolicy`` does)
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +79,31 @@ import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
+logger = logging.getLogger(__name__)
+
+# torch's thread count when this module was imported: a different count later was set on purpose.
+_STARTUP_THREADS = torch.get_num_threads()
+
+
+def default_cpu_threads() -> int:
+    """Threads for CPU generation: ``$CMAT_GYM_THREADS``; else torch's count when the user chose it
+    (``torch.set_num_threads`` to another value than at start-up, or ``$OMP_NUM_THREADS`` /
+    ``$MKL_NUM_THREADS``); else half the usable cores (at least 1).
+
+    Decoding a small model runs hundreds of short ops per token. Each op split over threads waits
+    for the slowest: with one thread per core and other processes (env workers, a second evaluation,
+    test workers) on the cores, that wait is a scheduler time slice, and decoding slows down 10-20x.
+    Half the cores leaves room for them; a lone process on an idle machine loses at most the
+    difference between one core's and two cores' memory bandwidth.
+    """
+    env = os.environ.get("CMAT_GYM_THREADS")
+    if env:
+        return max(1, int(env))
+    current = torch.get_num_threads()
+    if current != _STARTUP_THREADS or "OMP_NUM_THREADS" in os.environ or "MKL_NUM_THREADS" in os.environ:
+        return current
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(current, cores // 2))
 
 
 @dataclass
@@ -103,11 +152,20 @@ class RolloutEngine:
         use_cuda_graph: capture decode steps in CUDA graphs; default: when the model is on CUDA.
         compile: run the decode step through ``torch.compile`` (CUDA only; compiles once per shape,
             so batches are padded to ``max_batch`` and attention spans all ``max_seq_len`` columns).
+        threads: torch threads while generating on CPU (restored after each call); default
+            :func:`default_cpu_threads`, looked up at each call.
+        legacy: generate as the engine did before KV reuse (HF prefill of whole left-padded prompts,
+            ``sessions`` ignored, no thread setting, attention over the final length): for before/after
+            benchmarks only.
 
     Example::
 
         engine = RolloutEngine(model, tokenizer, max_batch=64, max_seq_len=1024)
         results = engine.generate([ids_a, ids_b], max_new_tokens=64)
+        # multi-turn: the second call prefills only what was added after turn 1's tokens
+        first = engine.generate([ids], 64, sessions=["episode-7"])
+        engine.generate([ids + first[0].completion_ids + next_ids], 64, sessions=["episode-7"])
+        engine.release(["episode-7"])
     """
 
     def __init__(
@@ -119,6 +177,8 @@ class RolloutEngine:
         max_seq_len: int = 1024,
         use_cuda_graph: bool | None = None,
         compile: bool = False,
+        threads: int | None = None,
+        legacy: bool = False,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -159,6 +219,23 @@ class RolloutEngine:
         self._cols = torch.arange(S, device=dev)
         self._rows = torch.arange(B, device=dev)
         self._cos, self._sin = self._rope_tables(S + 1)
+        self.threads = threads
+        self.legacy = legacy
+        # Prefill: tokens per chunk, and rows attended together (CPU: one, exact lengths; CUDA: all).
+        self.prefill_chunk = 8192 if on_cuda else 2048
+        self.prefill_group = 1 << 30 if on_cuda else 1
+        # Decode on CPU: when rows leave this many bytes of masked keys/values per row and layer unread by
+        # attending one by one over their own columns (see _forward_step); ~25 us of extra calls pays for it.
+        self.per_row_attention_bytes = 128 * 1024
+
+        # What each cache row holds (host side): the ids in columns 0 .. _row_len[r]-1 and the session
+        # that owns the row (None: free, its ids still serve as a prefix for any prompt).
+        self._row_tokens = torch.zeros((B, S), dtype=torch.long)
+        self._row_len = [0] * B
+        self._row_session: list[Hashable | None] = [None] * B
+        self._sessions: dict[Hashable, int] = {}  # session -> row
+        self._dropped: dict[Hashable, str] = {}  # session -> why its cached state went (for the log)
+        self.stats = {"prompt_tokens": 0, "reused_tokens": 0, "prefilled_tokens": 0, "reencoded_sessions": 0}
 
         self.w = self._alloc_weights()
         self._fingerprint: tuple | None = None
@@ -257,6 +334,8 @@ class RolloutEngine:
             w.o[i].copy_(layer["o"])
             w.gate_up[i].copy_(torch.cat([layer["gate"], layer["up"]]))
             w.down[i].copy_(layer["down"])
+        if self._fingerprint is not None:
+            self._forget_all("the weights changed")
         self._fingerprint = fingerprint
         return True
 
@@ -286,26 +365,30 @@ class RolloutEngine:
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return weight * h.to(x.dtype)
 
-    def _attention(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    def _attention(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
         """One query token per row: q ``[b, Hkv, G, D]``, k/v ``[b, Hkv, kvl, D]``, bias ``[b, 1, 1, kvl]``."""
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
 
-    def _forward_step(self, b: int, kvl: int) -> Tensor:
+    def _forward_step(self, b: int, kvl: int, lens: Sequence[int] | None = None) -> Tensor:
         """Decode one token for cache rows ``0..b-1`` attending to columns ``0..kvl-1``.
 
         Reads ``tokens``/``cur``/``start``, writes the new keys/values at column ``cur``, returns
         the next-token logits ``[b, vocab]`` in fp32. Running it twice on the same inputs gives the
         same result (it only reads columns < cur plus the one it writes): graph warm-up relies on it.
+        ``lens`` (eager only; rows starting at column 0): each row's columns, ``cur + 1``; attention
+        then runs row by row over exactly those, rather than over ``kvl`` columns under a mask.
         """
         w, Hq, Hkv, D = self.w, self.n_heads, self.n_kv_heads, self.head_dim
         rows, cur, start = self._rows[:b], self.cur[:b], self.start[:b]
         pos = cur - start
         cos, sin = self._cos[pos].unsqueeze(1), self._sin[pos].unsqueeze(1)  # [b, 1, D]
-        cols = self._cols[:kvl]
-        mask = (cols >= start[:, None]) & (cols <= cur[:, None])
-        # Additive mask, built once per step rather than converted from bool in each layer's attention.
-        bias = torch.zeros((b, 1, 1, kvl), dtype=self.dtype, device=self.device)
-        bias = bias.masked_fill(~mask[:, None, None, :], float("-inf"))
+        bias = None
+        if lens is None:
+            cols = self._cols[:kvl]
+            mask = (cols >= start[:, None]) & (cols <= cur[:, None])
+            # Additive mask, built once per step rather than converted from bool in each layer's attention.
+            bias = torch.zeros((b, 1, 1, kvl), dtype=self.dtype, device=self.device)
+            bias = bias.masked_fill(~mask[:, None, None, :], float("-inf"))
         x = F.embedding(self.tokens[:b], w.embed)  # [b, hidden]
         for i in range(self.n_layers):
             h = self._rms_norm(x, w.ln1[i])
@@ -318,7 +401,14 @@ class RolloutEngine:
             vc[rows, :, cur] = v
             # GQA without copying K/V: the G query heads sharing a KV head act as G query positions
             # (all at the same position, hence no causal mask between them).
-            o = self._attention(q.reshape(b, Hkv, Hq // Hkv, D), kc[:b, :, :kvl], vc[:b, :, :kvl], bias)
+            q = q.reshape(b, Hkv, Hq // Hkv, D)
+            if bias is not None:
+                o = self._attention(q, kc[:b, :, :kvl], vc[:b, :, :kvl], bias)
+            else:  # long rows of unequal lengths (CPU): no reads or arithmetic over the masked columns
+                o = torch.stack(
+                    [self._attention(q[r : r + 1], kc[r : r + 1, :, :n], vc[r : r + 1, :, :n], None)[0]
+                     for r, n in enumerate(lens)]
+                )
             x = x + F.linear(o.reshape(b, Hq * D), w.o[i])
             h = self._rms_norm(x, w.ln2[i])
             gate, up = F.linear(h, w.gate_up[i]).chunk(2, dim=-1)
@@ -326,16 +416,17 @@ class RolloutEngine:
         h = self._rms_norm(x, w.norm)
         return F.linear(h, w.lm_head).float()
 
-    def _decode(self, b: int, kvl: int) -> Tensor:
+    def _decode(self, b: int, kvl: int, lens: Sequence[int] | None = None) -> Tensor:
         """Run one decode step (replaying its CUDA graph when enabled), advance ``cur``, return logits.
 
         With graphs the logits live in the graph's output buffer: read them before the next step.
+        ``lens``: see :meth:`_forward_step` (ignored with graphs).
         """
         if self.use_cuda_graph:
             graph, logits = self._graphs.get((b, kvl)) or self._capture(b, kvl)
             graph.replay()
         else:
-            logits = self._step_fn(b, kvl)
+            logits = self._step_fn(b, kvl, lens) if lens is not None else self._step_fn(b, kvl)
         # Outside the graph so that warm-up runs stay idempotent; clamped so idle rows stay in bounds.
         self.cur[:b].add_(1).clamp_(max=self.max_seq_len - 1)
         return logits
@@ -365,11 +456,126 @@ class RolloutEngine:
         b = 1 << max(0, math.ceil(math.log2(n))) if self.use_cuda_graph else n
         return min(b, self.max_batch), min(self.max_seq_len, -(-columns // 64) * 64)
 
-    # ------------------------------------------------------------------ prefill and sampling
+    # ------------------------------------------------------------------ prefill
 
     @torch.no_grad()
-    def _prefill(self, prompts: Sequence[Sequence[int]], slots: Tensor) -> tuple[Tensor, int]:
-        """Run the HF model on ``prompts`` (left-padded), store their KV in cache rows ``slots``.
+    def _extend(self, rows: Sequence[int], suffixes: Sequence[Sequence[int]], offsets: Sequence[int]) -> Tensor:
+        """Append ``suffixes[j]`` to cache row ``rows[j]``, whose columns ``0 .. offsets[j]-1`` already hold
+        the keys/values of the tokens before it; returns each row's next-token logits ``[n, vocab]`` (fp32).
+
+        The new tokens are packed (no padding) through the matmuls, in chunks of ``prefill_chunk``
+        tokens; a row's tokens may span chunks (later ones attend to what earlier ones wrote).
+        Sets ``cur[rows]`` to the new lengths and ``start[rows]`` to 0.
+        """
+        n, S = len(rows), self.max_seq_len
+        ends = [o + len(s) for o, s in zip(offsets, suffixes, strict=True)]
+        if any(len(s) == 0 for s in suffixes):
+            raise ValueError("empty prompt (or nothing new after the reused prefix)")
+        if max(ends) > S:
+            raise ValueError(f"prompt of {max(ends)} tokens does not fit max_seq_len={S}")
+        chunks: list[list[tuple[int, int, int]]] = [[]]  # pieces (j, a, e): tokens a..e-1 of suffix j
+        used = 0
+        for j, suffix in enumerate(suffixes):
+            a = 0
+            while a < len(suffix):
+                if used == self.prefill_chunk:
+                    chunks.append([])
+                    used = 0
+                take = min(len(suffix) - a, self.prefill_chunk - used)
+                chunks[-1].append((j, a, a + take))
+                used, a = used + take, a + take
+        last = torch.empty((n, self.w.embed.shape[1]), dtype=self.dtype, device=self.device)
+        for pieces in chunks:
+            self._extend_chunk(rows, suffixes, offsets, pieces, last)
+        self.cur[torch.as_tensor(list(rows), device=self.device)] = torch.as_tensor(ends, device=self.device)
+        self.start[torch.as_tensor(list(rows), device=self.device)] = 0
+        self.stats["prefilled_tokens"] += sum(len(s) for s in suffixes)
+        return F.linear(self._rms_norm(last, self.w.norm), self.w.lm_head).float()
+
+    def _extend_chunk(
+        self,
+        rows: Sequence[int],
+        suffixes: Sequence[Sequence[int]],
+        offsets: Sequence[int],
+        pieces: list[tuple[int, int, int]],
+        last: Tensor,
+    ) -> None:
+        """One prefill chunk through all layers; stores the final hidden state of rows that end in it."""
+        w, Hq, Hkv, D, dev = self.w, self.n_heads, self.n_kv_heads, self.head_dim, self.device
+        G = Hq // Hkv
+        ids = [t for j, a, e in pieces for t in suffixes[j][a:e]]
+        T = len(ids)
+        cols_host = [c for j, a, e in pieces for c in range(offsets[j] + a, offsets[j] + e)]
+        rows_host = [rows[j] for j, a, e in pieces for _ in range(a, e)]
+        col = torch.tensor(cols_host, device=dev)
+        row = torch.tensor(rows_host, device=dev)
+        cos, sin = self._cos[col].unsqueeze(1), self._sin[col].unsqueeze(1)  # [T, 1, D]
+
+        # Attention groups: pieces attended together (padded to the longest), with their masks built once.
+        groups = []
+        first = 0  # packed index of the group's first token
+        for g0 in range(0, len(pieces), self.prefill_group):
+            group = pieces[g0 : g0 + self.prefill_group]
+            lengths = [e - a for _, a, e in group]
+            m, C = len(group), max(lengths)
+            kvl = max(offsets[j] + e for j, _, e in group)
+            starts = torch.tensor([offsets[j] + a for j, a, _ in group], device=dev)
+            qcol = starts[:, None] + torch.arange(C, device=dev)  # [m, C] column of each query
+            allowed = self._cols[:kvl] <= qcol[:, :, None]  # causal over the row's columns 0..kvl-1
+            bias = torch.zeros((m, C, kvl), dtype=self.dtype, device=dev).masked_fill_(~allowed, float("-inf"))
+            bias = bias[:, None].expand(m, G, C, kvl).reshape(m, 1, G * C, kvl)
+            group_rows = [rows[j] for j, _, _ in group]
+            if group_rows == list(range(group_rows[0], group_rows[0] + m)):
+                key_rows: slice | Tensor = slice(group_rows[0], group_rows[0] + m)
+            else:
+                key_rows = torch.tensor(group_rows, device=dev)
+            if m == 1:
+                index = None
+            else:  # packed token -> (piece, position) and back; padding repeats a piece's last token
+                offs, total = [], first
+                for length in lengths:
+                    offs.append(total)
+                    total += length
+                pos = torch.arange(C, device=dev)
+                base = torch.tensor(offs, device=dev)[:, None]
+                index = base + torch.minimum(pos, torch.tensor(lengths, device=dev)[:, None] - 1)  # [m, C]
+                valid = (pos < torch.tensor(lengths, device=dev)[:, None]).reshape(-1)
+                back = torch.arange(m * C, device=dev)[valid]  # padded slot of each packed token
+                index = (index, back)
+            groups.append((first, sum(lengths), m, C, kvl, bias, key_rows, index))
+            first += sum(lengths)
+
+        x = F.embedding(torch.tensor(ids, device=dev), w.embed)  # [T, hidden]
+        for i in range(self.n_layers):
+            h = self._rms_norm(x, w.ln1[i])
+            qkv = F.linear(h, w.qkv[i], w.qkv_bias[i]).view(T, Hq + 2 * Hkv, D)
+            qk, v = qkv[:, : Hq + Hkv], qkv[:, Hq + Hkv :]
+            qk = qk * cos + qk.roll(D // 2, dims=-1) * sin
+            q, k = qk[:, :Hq], qk[:, Hq:]
+            kc, vc = self.k_cache[i], self.v_cache[i]
+            kc[row, :, col] = k
+            vc[row, :, col] = v
+            o = torch.empty((T, Hq, D), dtype=q.dtype, device=dev)
+            for start, count, m, C, kvl, bias, key_rows, index in groups:
+                qg = q[start : start + count] if index is None else q[index[0]]  # [C, Hq, D] / [m, C, Hq, D]
+                # G query heads per KV head become G x C query positions (as in the decode step)
+                qg = qg.reshape(m, C, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(m, Hkv, G * C, D)
+                out = self._attention(qg, kc[key_rows, :, :kvl], vc[key_rows, :, :kvl], bias)
+                out = out.reshape(m, Hkv, G, C, D).permute(0, 3, 1, 2, 4).reshape(m * C, Hq, D)
+                o[start : start + count] = out if index is None else out[index[1]]
+            x = x + F.linear(o.reshape(T, Hq * D), w.o[i])
+            h = self._rms_norm(x, w.ln2[i])
+            gate, up = F.linear(h, w.gate_up[i]).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, w.down[i])
+        end = 0
+        for j, a, e in pieces:
+            end += e - a
+            if e == len(suffixes[j]):
+                last[j] = x[end - 1]
+
+    @torch.no_grad()
+    def _prefill_hf(self, prompts: Sequence[Sequence[int]], slots: Tensor) -> tuple[Tensor, int]:
+        """The legacy prefill: the HF model on ``prompts`` (left-padded), KV copied into cache rows ``slots``.
 
         Returns the last-position logits ``[n, vocab]`` (fp32) and the padded length P; row
         ``slots[j]`` then holds its prompt in columns ``P - len_j .. P - 1``.
@@ -414,19 +620,172 @@ class RolloutEngine:
         self.cur[slots] = P
         return out.logits[:, -1].float(), P
 
+    # ------------------------------------------------------------------ what the cache rows hold
+
+    def _prefix_lengths(self, prompt: Sequence[int]) -> Tensor:
+        """How many leading ids of ``prompt`` each cache row holds (``[max_batch]``, host)."""
+        m = min(len(prompt), self.max_seq_len)
+        same = self._row_tokens[:, :m] == torch.as_tensor(prompt[:m], dtype=torch.long)
+        same &= torch.arange(m) < torch.tensor(self._row_len)[:, None]
+        differ = ~same
+        return torch.where(differ.any(1), differ.int().argmax(1), m)
+
+    def _place(self, prompts: Sequence[Sequence[int]], keys: Sequence[Hashable | None]) -> list[int]:
+        """Give prompt ``j`` cache row ``j`` holding its longest cached prefix; returns the prefix lengths.
+
+        The prefix comes from the prompt's session row or any row holding more of it (copied). Sessions
+        not in this call that sit in rows ``0 .. n-1`` move to free rows, or are evicted when none is left.
+        """
+        n, B = len(prompts), self.max_batch
+        wanted = {k for k in keys if k is not None}
+        if len(wanted) != sum(k is not None for k in keys):
+            raise ValueError("a session appears twice in one call")
+        donors, offsets = [], []
+        for j, (prompt, key) in enumerate(zip(prompts, keys, strict=True)):
+            if len(prompt) == 0:
+                raise ValueError("empty prompt")
+            if len(prompt) > self.max_seq_len:
+                raise ValueError(f"prompt of {len(prompt)} tokens does not fit max_seq_len={self.max_seq_len}")
+            lengths = self._prefix_lengths(prompt)
+            own = self._sessions.get(key) if key is not None else None
+            best = own if own is not None else j
+            if int(lengths.max()) > int(lengths[best]):
+                best = int(lengths.argmax())
+            reuse = min(int(lengths[best]), len(prompt) - 1)  # at least one token to prefill: its logits
+            donors.append(best if reuse > 0 else None)
+            offsets.append(max(reuse, 0))
+            if key is not None:
+                self._explain(key, prompt, own, int(lengths[own]) if own is not None else 0, reuse)
+        self.stats["prompt_tokens"] += sum(map(len, prompts))
+        self.stats["reused_tokens"] += sum(offsets)
+
+        moves = [(src, j, offsets[j]) for j, src in enumerate(donors) if src is not None and src != j]
+        free = [r for r in range(n, B) if self._row_session[r] is None or self._row_session[r] in wanted]
+        free.sort(key=lambda r: (self._row_session[r] is None, self._row_len[r]))  # vacated, then least held
+        displaced = []
+        for r in range(n):
+            key = self._row_session[r]
+            if key is None or key in wanted:
+                continue
+            if free:
+                target = free.pop(0)
+                moves.append((r, target, self._row_len[r]))
+                displaced.append((key, target, self._row_len[r]))
+            else:
+                self._forget(key, "evicted: more sessions than cache rows")
+        self._move_rows(moves)
+
+        for key in wanted:  # sessions of this call leave their old rows (the ids there stay usable)
+            if key in self._sessions:
+                self._row_session[self._sessions.pop(key)] = None
+        for key, target, length in displaced:
+            self._sessions[key] = target
+            self._row_session[target], self._row_len[target] = key, length
+        for j, key in enumerate(keys):
+            self._row_session[j], self._row_len[j] = key, offsets[j]
+            if key is not None:
+                self._sessions[key] = j
+                self._dropped.pop(key, None)
+        return offsets
+
+    def _explain(self, key: Hashable, prompt: Sequence[int], own: int | None, held: int, reuse: int) -> None:
+        """Log why a session's prompt is not a continuation of what its row holds (INFO)."""
+        if own is not None:
+            cached = self._row_len[own]
+            if held < min(cached, len(prompt)):
+                self.stats["reencoded_sessions"] += 1
+                logger.info(
+                    "session %r: the prompt differs from its cached ids at token %d of %d; "
+                    "re-encoding %d of %d prompt tokens", key, held, cached, len(prompt) - reuse, len(prompt)
+                )
+        elif key in self._dropped:
+            self.stats["reencoded_sessions"] += 1
+            logger.info(
+                "session %r: no cached state (%s); encoding %d of %d prompt tokens",
+                key, self._dropped.pop(key), len(prompt) - reuse, len(prompt),
+            )
+
+    @torch.no_grad()
+    def _move_rows(self, moves: Sequence[tuple[int, int, int]]) -> None:
+        """Copy the first ``n`` columns of row ``src`` into row ``dst`` for each ``(src, dst, n)`` (all
+        reads happen before any write, so rows may swap)."""
+        moves = [m for m in moves if m[2] > 0]
+        if not moves:
+            return
+        src = torch.tensor([m[0] for m in moves])
+        dst = torch.tensor([m[1] for m in moves])
+        n = max(m[2] for m in moves)
+        for cache in (*self.k_cache, *self.v_cache):
+            cache[dst.to(self.device), :, :n] = cache[src.to(self.device), :, :n]
+        self._row_tokens[dst, :n] = self._row_tokens[src, :n]
+
+    def _forget(self, key: Hashable, reason: str) -> None:
+        row = self._sessions.pop(key, None)
+        if row is not None:
+            self._row_session[row] = None
+            if len(self._dropped) > 4 * self.max_batch + 1024:
+                self._dropped.clear()
+            self._dropped[key] = reason
+
+    def _forget_all(self, reason: str) -> None:
+        """Invalidate every row (the cached keys/values no longer match their ids)."""
+        for key in list(self._sessions):
+            self._forget(key, reason)
+        self._row_len = [0] * self.max_batch
+
+    def release(self, sessions: Iterable[Hashable]) -> None:
+        """End these sessions: their rows become free (their ids stay usable as a prefix until overwritten)."""
+        for key in sessions:
+            row = self._sessions.pop(key, None)
+            if row is not None:
+                self._row_session[row] = None
+            self._dropped.pop(key, None)
+
+    @property
+    def sessions(self) -> dict[Hashable, int]:
+        """Live sessions and the cache row each holds (a copy)."""
+        return dict(self._sessions)
+
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        """Run with the engine's CPU thread count (CPU only; restored afterwards)."""
+        if self.device.type != "cpu" or self.legacy:
+            yield
+            return
+        wanted, before = self.threads or default_cpu_threads(), torch.get_num_threads()
+        if wanted == before:
+            yield
+            return
+        torch.set_num_threads(wanted)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    # ------------------------------------------------------------------ sampling
+
     @staticmethod
     def _sample(
-        logits: Tensor, temperature: float, top_p: float, top_k: int, generator: torch.Generator | None
+        logits: Tensor,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        generator: torch.Generator | None,
+        legacy: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """Pick the next tokens and their log-probs; no host sync.
 
-        Sampling uses the exponential-race trick (argmax of log p - log E, E ~ Exp(1)), which draws
-        from softmax exactly, in one pass, without multinomial's host round-trip.
+        On CUDA sampling uses the exponential-race trick (argmax of log p - log E, E ~ Exp(1)), which
+        draws from softmax exactly, in one pass, without multinomial's host round-trip; on CPU, the
+        inverse CDF (``legacy``: the race there too, and greedy log-probs through ``logsumexp``).
         """
         if temperature <= 0:
-            token = logits.argmax(-1)
-            logprob = logits.gather(-1, token[:, None]).squeeze(-1) - logits.logsumexp(-1)
-            return token, logprob
+            if legacy:
+                token = logits.argmax(-1)
+                return token, logits.gather(-1, token[:, None]).squeeze(-1) - logits.logsumexp(-1)
+            # One pass for the max and its (first) index; log p(argmax) = -log sum exp(logits - max).
+            best, token = logits.max(-1, keepdim=True)
+            return token.squeeze(-1), (logits - best).exp_().sum(-1).log_().neg_()
         x = logits / temperature
         index = None
         if top_k > 0 or top_p < 1.0:
@@ -438,6 +797,18 @@ class RolloutEngine:
                 probs = x.softmax(-1)
                 # Drop a token when the tokens before it already cover top_p; the first always stays.
                 x = x.masked_fill(probs.cumsum(-1) - probs > top_p, float("-inf"))
+        if x.device.type == "cpu" and not legacy:
+            # On CPU drawing an exponential per vocabulary entry costs 4-5x more than the whole inverse-CDF
+            # draw: one uniform per row, searched in the cumulative (unnormalised) probabilities.
+            top = x.amax(-1, keepdim=True)
+            probs = (x - top).exp_()
+            norm = probs.sum(-1)
+            cdf = probs.cumsum_(-1)
+            u = torch.rand((x.shape[0], 1), generator=generator, dtype=cdf.dtype) * cdf[:, -1:]
+            choice = torch.searchsorted(cdf, u, right=True).clamp_(max=x.shape[-1] - 1).squeeze(-1)
+            logprob = x.gather(-1, choice[:, None]).squeeze(-1) - top.squeeze(-1) - norm.log()
+            token = choice if index is None else index.gather(-1, choice[:, None]).squeeze(-1)
+            return token, logprob
         noise = torch.empty_like(x).exponential_(generator=generator).clamp_min_(1e-20).log_()
         choice = (x - noise).argmax(-1)
         logprob = x.gather(-1, choice[:, None]).squeeze(-1) - x.logsumexp(-1)
@@ -464,6 +835,7 @@ class RolloutEngine:
         top_k: int = 0,
         eos_token_ids: Iterable[int] | int | None = None,
         seed: int | None = None,
+        sessions: Sequence[Hashable | None] | None = None,
     ) -> list[GenerationResult]:
         """Complete each prompt; greedy when ``temperature == 0``.
 
@@ -473,19 +845,32 @@ class RolloutEngine:
             temperature, top_p, top_k: sampling settings; ``top_k=0`` and ``top_p=1`` disable them.
             eos_token_ids: tokens that end a completion (default: the tokenizer's EOS; ``()`` for none).
             seed: seeds a private generator, for reproducible sampling.
+            sessions: a key per prompt (None: none) whose cache row is kept after the call, holding the
+                prompt and its generated tokens, for the next prompt of the same key to continue
+                (see the module docstring). Keys must differ within a call.
         """
         self.sync_weights()
+        if sessions is not None and len(sessions) != len(prompt_ids):
+            raise ValueError(f"Expects one session per prompt ({len(prompt_ids)}), actual {len(sessions)}")
         eos = torch.tensor(self._eos(eos_token_ids), dtype=torch.long, device=self.device)
         generator = self._generator(seed)
         results: list[GenerationResult] = []
-        for i in range(0, len(prompt_ids), self.max_batch):
-            chunk = prompt_ids[i : i + self.max_batch]
-            results += self._generate_chunk(chunk, max_new_tokens, temperature, top_p, top_k, eos, generator)
+        with self._threads():
+            for i in range(0, len(prompt_ids), self.max_batch):
+                chunk = prompt_ids[i : i + self.max_batch]
+                sampling = (max_new_tokens, temperature, top_p, top_k, eos, generator)
+                if self.legacy:
+                    self._forget_all("a legacy generate call")
+                    results += self._generate_chunk_legacy(chunk, *sampling)
+                else:
+                    keys = list(sessions[i : i + self.max_batch]) if sessions is not None else [None] * len(chunk)
+                    results += self._generate_chunk(chunk, keys, *sampling)
         return results
 
     def _generate_chunk(
         self,
         prompts: Sequence[Sequence[int]],
+        keys: Sequence[Hashable | None],
         max_new_tokens: int,
         temperature: float,
         top_p: float,
@@ -493,11 +878,22 @@ class RolloutEngine:
         eos: Tensor,
         generator: torch.Generator | None,
     ) -> list[GenerationResult]:
-        n = len(prompts)
-        logits, P = self._prefill(prompts, self._rows[:n])
-        max_new = min(max_new_tokens, self.max_seq_len + 1 - P)  # the last token is never written
+        n, S = len(prompts), self.max_seq_len
+        offsets = self._place(prompts, keys)
+        logits = self._extend(range(n), [p[o:] for p, o in zip(prompts, offsets, strict=True)], offsets)
+        for j, (p, o) in enumerate(zip(prompts, offsets, strict=True)):
+            self._row_tokens[j, o : len(p)] = torch.as_tensor(p[o:], dtype=torch.long)
+            self._row_len[j] = len(p)
+        P = max(map(len, prompts))
+        max_new = min(max_new_tokens, S + 1 - P)  # the last token is never written
         b, kvl = self._buckets(n, P + max_new - 1)
-        self.start[n:b], self.cur[n:b] = 0, 0  # padding rows: harmless, in-bounds work
+        if b > n:  # padding rows of a graph bucket write garbage past the ids they hold, never over them
+            lens = [min(self._row_len[r], S - 1) for r in range(n, b)]
+            self._row_len[n:b] = lens
+            self.start[n:b], self.cur[n:b] = 0, torch.tensor(lens, device=self.device)
+        # Masked columns per row (the same at every step, as all rows grow together) times their bytes per layer.
+        masked = (P - sum(map(len, prompts)) / n) * 2 * self.n_kv_heads * self.head_dim * self.k_cache[0].element_size()
+        per_row = b == n > 1 and masked >= self.per_row_attention_bytes
         tokens = torch.empty((n, max(max_new, 0)), dtype=torch.long, device=self.device)
         logprobs = torch.empty((n, max(max_new, 0)), dtype=torch.float32, device=self.device)
         done = torch.zeros(n, dtype=torch.bool, device=self.device)
@@ -511,6 +907,48 @@ class RolloutEngine:
             if t == max_new - 1 or (t % 16 == 15 and bool(done.all())):
                 break
             self.tokens[:n] = token
+            if self.use_cuda_graph:
+                logits = self._decode(b, kvl)[:n]
+            elif per_row:  # rows of very unequal lengths: each over its own columns
+                logits = self._decode(b, P + t + 1, [len(p) + t + 1 for p in prompts])
+            else:  # attend over the columns written so far only (the longest row's)
+                logits = self._decode(b, P + t + 1)[:n]
+        generated = tokens[:, :steps].tolist()
+        fed = max(steps - 1, 0)  # every token but the last went through a decode step: its KV is cached
+        if fed:
+            for j, p in enumerate(prompts):
+                self._row_tokens[j, len(p) : len(p) + fed] = torch.as_tensor(generated[j][:fed])
+                self._row_len[j] = len(p) + fed
+        return _collect(generated, logprobs[:, :steps].tolist(), set(eos.tolist()))
+
+    def _generate_chunk_legacy(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        eos: Tensor,
+        generator: torch.Generator | None,
+    ) -> list[GenerationResult]:
+        """The generation loop before KV reuse (``legacy=True``), unchanged."""
+        n = len(prompts)
+        logits, P = self._prefill_hf(prompts, self._rows[:n])
+        max_new = min(max_new_tokens, self.max_seq_len + 1 - P)  # the last token is never written
+        b, kvl = self._buckets(n, P + max_new - 1)
+        self.start[n:b], self.cur[n:b] = 0, 0  # padding rows: harmless, in-bounds work
+        tokens = torch.empty((n, max(max_new, 0)), dtype=torch.long, device=self.device)
+        logprobs = torch.empty((n, max(max_new, 0)), dtype=torch.float32, device=self.device)
+        done = torch.zeros(n, dtype=torch.bool, device=self.device)
+        steps = 0
+        for t in range(max_new):
+            token, logprob = self._sample(logits, temperature, top_p, top_k, generator, legacy=True)
+            tokens[:, t], logprobs[:, t] = token, logprob
+            steps = t + 1
+            done |= torch.isin(token, eos)
+            if t == max_new - 1 or (t % 16 == 15 and bool(done.all())):
+                break
+            self.tokens[:n] = token
             logits = self._decode(b, kvl)[:n]
         return _collect(tokens[:, :steps].tolist(), logprobs[:, :steps].tolist(), set(eos.tolist()))
 
@@ -518,9 +956,10 @@ class RolloutEngine:
 class ContinuousBatcher:
     """Keeps up to ``engine.max_batch`` sequences decoding, refilling finished slots from a queue.
 
-    Newcomers are prefilled as a group (all slots freed by the same step) and their KV copied
-    into the free cache rows; rows already decoding are not disturbed. Each decode step pays a
-    small host sync (which rows finished), in exchange for never decoding a finished row for long.
+    Newcomers are prefilled as a group (all slots freed by the same step) into the free cache
+    rows; rows already decoding are not disturbed. Each decode step pays a small host sync (which
+    rows finished), in exchange for never decoding a finished row for long. The batcher owns the
+    whole cache while it runs: the engine's sessions and cached prefixes are dropped.
 
     Example::
 
@@ -551,26 +990,29 @@ class ContinuousBatcher:
         """Yield ``(index of the prompt, result)`` for every prompt, in order of completion."""
         engine = self.engine
         engine.sync_weights()
+        engine._forget_all("the cache was used by a ContinuousBatcher")
         queue = deque(enumerate(prompts))
         B, S = engine.max_batch, engine.max_seq_len
         free = list(range(B))
         slots: dict[int, _Slot] = {}  # cache row -> sequence in it
-        while queue or slots:
-            if queue and free:
-                free.sort()  # lowest rows first keeps the active rows, and the batch bucket, small
-                group = [queue.popleft() for _ in range(min(len(free), len(queue)))]
-                rows, free = free[: len(group)], free[len(group) :]
-                logits, P = engine._prefill([p for _, p in group], torch.tensor(rows, device=engine.device))
-                for row, (index, _) in zip(rows, group, strict=True):
-                    slots[row] = _Slot(index, limit=min(self.max_new_tokens, S + 1 - P))
-                yield from self._advance(rows, logits, slots, free)
-                continue  # fill every free row before the next decode step
-            if not slots:
-                break
-            active = sorted(slots)
-            b, kvl = engine._buckets(active[-1] + 1, int(engine.cur[active].max()) + 1)
-            logits = engine._decode(b, kvl)
-            yield from self._advance(active, logits[active], slots, free)
+        with engine._threads():
+            while queue or slots:
+                if queue and free:
+                    free.sort()  # lowest rows first keeps the active rows, and the batch bucket, small
+                    group = [queue.popleft() for _ in range(min(len(free), len(queue)))]
+                    rows, free = free[: len(group)], free[len(group) :]
+                    logits = engine._extend(rows, [p for _, p in group], [0] * len(group))
+                    for row, (index, prompt) in zip(rows, group, strict=True):
+                        slots[row] = _Slot(index, limit=min(self.max_new_tokens, S + 1 - len(prompt)))
+                    yield from self._advance(rows, logits, slots, free)
+                    continue  # fill every free row before the next decode step
+                if not slots:
+                    break
+                active = sorted(slots)
+                columns = int(engine.cur[active].max()) + 1
+                b, kvl = engine._buckets(active[-1] + 1, columns)
+                logits = engine._decode(b, kvl if engine.use_cuda_graph else columns)
+                yield from self._advance(active, logits[active], slots, free)
 
     def _advance(
         self, rows: list[int], logits: Tensor, slots: dict[int, _Slot], free: list[int]

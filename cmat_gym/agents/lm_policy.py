@@ -5,11 +5,21 @@ full text the assistant sees at this step (:meth:`LMPolicy.act`) or a whole chat
 (:meth:`LMPolicy.act_messages`). Prompts go through the model's chat template; completions
 come from :class:`~cmat_gym.agents.engine.RolloutEngine` (fast, static KV cache) or, for
 prompt-learning adapters the engine cannot run, from HF ``generate``.
+
+**Sessions** (``act_messages(..., sessions=[key, ...])``): a caller that sends the same
+conversation again, grown by the reply and new messages, gets a prompt built token-in/token-out:
+the previous prompt's ids, then the ids the model sampled (its ``<|im_end|>`` included), then the
+template's rendering of what was added. Re-rendering the history instead would re-tokenize the
+reply, which need not give back the sampled ids. The engine keeps each session's keys/values, so
+a turn prefills only what was added. A conversation that is not such a continuation (e.g. history
+cut to fit the window) is rendered afresh and re-encoded from the first differing token.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +30,7 @@ from cmat_gym.agents.engine import GenerationResult, RolloutEngine
 from cmat_gym.agents.models import DEFAULT_MODEL, load_model
 
 Message = dict[str, str]
+logger = logging.getLogger(__name__)
 
 # Every linear layer of a llama block: LoRA on all of them is the usual choice for small models.
 LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -45,6 +56,17 @@ class Completion:
     finish_reason: str
 
 
+@dataclass
+class _Transcript:
+    """A session's last turn: the messages and prompt sent, the ids sampled and the reply text returned."""
+
+    messages: list[Message]
+    prompt_text: str
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    reply: str
+
+
 class LMPolicy:
     """A chat language model as a batched text policy.
 
@@ -62,6 +84,10 @@ class LMPolicy:
             so 16 x 2048 takes 0.75 GB. Larger calls are decoded in chunks of ``max_batch``.
         compile: let the engine ``torch.compile`` its decode step (CUDA; ~1.7x faster decoding,
             ~30 s compile, always runs the full ``max_batch x max_seq_len`` shape).
+        threads: torch threads while the engine generates on CPU (default
+            :func:`~cmat_gym.agents.engine.default_cpu_threads`).
+        legacy: the path before KV reuse (every turn re-rendered and re-encoded whole, the engine's
+            ``legacy`` mode): for before/after benchmarks only; may be set after construction.
 
     Example::
 
@@ -85,6 +111,8 @@ class LMPolicy:
         max_batch: int = 16,
         max_seq_len: int = 2048,
         compile: bool = False,
+        threads: int | None = None,
+        legacy: bool = False,
     ) -> None:
         if backend not in ("auto", "engine", "hf"):
             raise ValueError(f"backend must be 'auto', 'engine' or 'hf', not {backend!r}")
@@ -97,8 +125,10 @@ class LMPolicy:
         self.seed = seed
         self.backend = backend
         self.max_batch, self.max_seq_len, self.compile = max_batch, max_seq_len, compile
+        self.threads, self.legacy = threads, legacy
         self._engine: RolloutEngine | None = None
         self._calls = 0
+        self._transcripts: OrderedDict[Hashable, _Transcript] = OrderedDict()
 
     @classmethod
     def from_pretrained(
@@ -137,11 +167,26 @@ class LMPolicy:
         return self.act_messages(conversations, return_details=return_details, **overrides)
 
     def act_messages(
-        self, conversations: Sequence[Sequence[Message]], *, return_details: bool = False, **overrides: Any
+        self,
+        conversations: Sequence[Sequence[Message]],
+        *,
+        return_details: bool = False,
+        sessions: Sequence[Hashable | None] | None = None,
+        **overrides: Any,
     ) -> list[Any]:
-        """One assistant reply per chat history (lists of ``{"role", "content"}`` dicts)."""
+        """One assistant reply per chat history (lists of ``{"role", "content"}`` dicts).
+
+        ``sessions``: a key per conversation (None: none) naming a conversation that later calls
+        continue (see the module docstring); :meth:`release` ends them.
+        """
         settings = self._settings(overrides)
-        prompts = [self.prompt_ids(messages) for messages in conversations]
+        if sessions is not None and len(sessions) != len(conversations):
+            raise ValueError(f"Expects one session per conversation ({len(conversations)}), actual {len(sessions)}")
+        if sessions is None or self.legacy:
+            sessions = [None] * len(conversations)
+        messages = [self._with_system(c) for c in conversations]
+        rendered = [self._session_prompt(key, m) for key, m in zip(sessions, messages, strict=True)]
+        prompts = [ids for ids, _ in rendered]
         if not prompts:
             return []
         if self._use_engine():
@@ -153,20 +198,74 @@ class LMPolicy:
                 top_k=settings["top_k"],
                 eos_token_ids=self.eos_token_ids,
                 seed=settings["seed"],
+                sessions=None if all(key is None for key in sessions) else sessions,
             )
         else:
             results = self._generate_hf(prompts, settings)
         completions = [self._finish(p, r, settings["stop"]) for p, r in zip(prompts, results, strict=True)]
+        for key, m, (ids, text), c in zip(sessions, messages, rendered, completions, strict=True):
+            if key is not None:
+                self._transcripts[key] = _Transcript(m, text, ids, c.completion_ids, c.text)
+                self._transcripts.move_to_end(key)
+        while len(self._transcripts) > max(1024, 8 * self.max_batch):
+            self._transcripts.popitem(last=False)
         return completions if return_details else [c.text for c in completions]
+
+    def release(self, sessions: Iterable[Hashable]) -> None:
+        """End these sessions: forget their transcripts and free their engine cache rows."""
+        sessions = list(sessions)
+        for key in sessions:
+            self._transcripts.pop(key, None)
+        if self._engine is not None:
+            self._engine.release(sessions)
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
         """Token ids of the chat-templated prompt for ``messages``, ending with the assistant header."""
+        return self._encode(self._render(self._with_system(messages)))
+
+    def _with_system(self, messages: Sequence[Message]) -> list[Message]:
         messages = list(messages)
         if self.system_prompt is not None and (not messages or messages[0]["role"] != "system"):
             messages = [{"role": "system", "content": self.system_prompt}, *messages]
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return messages
+
+    def _render(self, messages: Sequence[Message]) -> str:
+        return self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+
+    def _encode(self, text: str) -> list[int]:
         # The template already wrote any BOS/special tokens as text: add none twice.
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _session_prompt(self, key: Hashable | None, messages: list[Message]) -> tuple[list[int], str]:
+        """The prompt ids and text for ``messages``: continuing ``key``'s transcript token-in/token-out when
+        ``messages`` extend it by its reply and more, else the chat template's rendering."""
+        text = self._render(messages)
+        transcript = self._transcripts.get(key) if key is not None else None
+        if transcript is not None:
+            ids = self._continue(transcript, messages, text)
+            if ids is not None:
+                return ids, text
+            logger.debug("session %r: the conversation does not continue the last turn; rendered afresh", key)
+        return self._encode(text), text
+
+    def _continue(self, transcript: _Transcript, messages: list[Message], text: str) -> list[int] | None:
+        """Last turn's prompt ids + sampled ids + the ids of what the template renders after the reply;
+        None when ``messages`` are not that turn's messages, its reply, then more."""
+        n = len(transcript.messages)
+        if len(messages) < n + 2 or messages[:n] != transcript.messages:
+            return None
+        reply = messages[n]
+        if reply.get("role") != "assistant" or reply.get("content") != transcript.reply:
+            return None
+        head = transcript.prompt_text + transcript.reply  # the template wrote the reply right after the prompt
+        if not text.startswith(head):
+            return None
+        rest, sampled = text[len(head) :], transcript.completion_ids
+        if sampled and sampled[-1] in self.eos_token_ids:
+            end = self.tokenizer.decode(sampled[-1:])  # already sampled: the template's copy is not added
+            rest = rest[len(end) :] if rest.startswith(end) else rest
+        ids = transcript.prompt_ids + sampled + self._encode(rest)
+        return ids if len(ids) < self.max_seq_len else None
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -187,6 +286,7 @@ class LMPolicy:
                 max_seq_len=self.max_seq_len,
                 compile=self.compile,
             )
+        self._engine.threads, self._engine.legacy = self.threads, self.legacy
         return self._engine
 
     def _use_engine(self) -> bool:

@@ -97,6 +97,28 @@ def test_greedy_equals_hf_generate_fp32(tiny: Any, compile: bool) -> None:
     assert [r.completion_ids for r in few] == [r.completion_ids for r in results[:3]]
 
 
+@pytest.mark.parametrize("compile", [False, True], ids=["graph", "compile"])
+def test_kv_reuse_across_turns_equals_full_prefill(tiny: Any, compile: bool) -> None:
+    """Multi-turn sessions on the GPU path (own prefill over row groups, graph replays whose padding
+    rows hold other sessions): greedy tokens equal a full prefill of every prompt and HF generate."""
+    engine = RolloutEngine(tiny, max_batch=8, max_seq_len=256, compile=compile)
+    reference = RolloutEngine(tiny, max_batch=8, max_seq_len=256)
+    rng = random.Random(0)
+    history = prompts_of(6, VOCAB, seed=7, lengths=(3, 30))
+    for _ in range(4):
+        active = sorted(rng.sample(range(6), rng.randint(2, 6)))  # 3, 5, 6 rows pad to 4 or 8: held rows idle
+        prompts = [history[i] for i in active]
+        got = engine.generate(prompts, 10, eos_token_ids=[2], sessions=[f"c{i}" for i in active])
+        reference._forget_all("reference")
+        expected = reference.generate(prompts, 10, eos_token_ids=[2])
+        assert [r.completion_ids for r in got] == [r.completion_ids for r in expected]
+        assert [r.completion_ids for r in got] == hf_greedy(tiny, prompts, 10, [2])
+        for i, result in zip(active, got, strict=True):
+            history[i] = history[i] + result.completion_ids + [rng.randrange(3, VOCAB) for _ in range(5)]
+    assert engine.stats["reused_tokens"] > engine.stats["prompt_tokens"] // 3
+    assert engine.stats["reencoded_sessions"] == 0
+
+
 def test_continuous_batcher_with_graphs(tiny: Any) -> None:
     prompts = prompts_of(40, VOCAB, seed=4)
     one_shot = RolloutEngine(tiny, max_batch=64, max_seq_len=128)
