@@ -28,6 +28,11 @@ adds only the named ones. Every row prints its wall time and episodes/s (and gen
 
 ``--policy smollm2`` runs the real SmolLM2-135M-Instruct (greedy, ``--max-new-tokens``), on CUDA
 when available; ``--threads 1`` decodes faster on a CPU that other processes keep busy.
+
+``--legacy-engine`` plays the language-model agents on the generation path before KV reuse (every
+turn's prompt re-rendered and prefilled whole, torch's thread count; ``LMPolicy(legacy=True)``);
+``--legacy-engine also`` plays each language-model row twice, old path then new, to compare them
+in one run (temporary: until the new path's speed-up is on record).
 """
 
 from __future__ import annotations
@@ -263,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--legacy-engine", nargs="?", const="only", default=None, choices=["only", "also"],
+                        help="language models on the path before KV reuse; 'also': old path, then new, per row")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure and result as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -316,8 +323,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     for name in args.policy:
         get_policy = policy_for(name)
+        paths = [args.legacy_engine == "only" and is_model_policy(name)]
+        if args.legacy_engine == "also" and is_model_policy(name):
+            paths = [True, False]
         for variant in variants:
-            rows.append(run_row(name, variant, srcs, get_policy, args, critic))
+            for legacy in paths:
+                if is_model_policy(name):
+                    models[name].lm.legacy = legacy  # type: ignore[attr-defined]  (shared by its domain agents)
+                label = f"{name} (old path)" if legacy else name
+                rows.append(run_row(label, variant, srcs, get_policy, args, critic))
     if any(v.memory for v in variants):
         print("memory on: a fresh in-memory ReflectionStore (read-write) per agent and source, shared by its episodes")
     print()

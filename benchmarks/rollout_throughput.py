@@ -4,7 +4,8 @@ Every row of the batch gets exactly ``--prompt-len`` prompt tokens (chat-templat
 from the left so each ends with the assistant header) and exactly ``--new-tokens`` generated
 tokens: EOS does not stop either implementation, so both do the same work. Times cover the
 whole call (prefill included) after one warm-up call; the engine's warm-up is where CUDA
-graphs are captured and ``torch.compile`` compiles, reported separately.
+graphs are captured and ``torch.compile`` compiles, reported separately. Decode tokens/s
+leaves the prefill out: (whole call - a one-token call) over the tokens after the first.
 
 Greedy outputs are compared row by row. In fp32 they should be identical. In bf16 the two
 implementations round differently (fused matmuls, attention kernels) and bf16 logits are
@@ -14,14 +15,23 @@ first EOS) the script checks each engine token against a teacher-forced HF forwa
 the engine's own sequence: agreement with HF's argmax, the largest HF logit gap where they
 disagree (near 0 means ties, not errors) and the largest log-prob difference.
 
+On CPU the default compares, for tiny-random and SmolLM2 at batch 1 and 16: HF ``generate``
+(torch's thread count, and the engine's when that differs), the engine before this change
+(``engine:legacy``: ``RolloutEngine(legacy=True)``, torch's thread count) and now
+(``engine:eager``), the implementations interleaved in each repeat so that a shared machine's
+load hits them alike. It also measures the memory read bandwidth and prints the weight-read
+floor of batch-1 decoding (every step reads every weight once).
+
     python benchmarks/rollout_throughput.py                     # SmolLM2, CUDA, bf16, 256 x 128
-    python benchmarks/rollout_throughput.py --device cpu --dtype fp32 --batch 8 --new-tokens 32
+    python benchmarks/rollout_throughput.py --device cpu        # tiny + SmolLM2, batch 1 and 16, 64 + 32
+    python benchmarks/rollout_throughput.py --device cpu --model smollm2 --batch 8 --new-tokens 32
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -32,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cmat_gym.agents.engine import RolloutEngine  # noqa: E402
+from cmat_gym.agents.engine import RolloutEngine, default_cpu_threads  # noqa: E402
 from cmat_gym.agents.models import load_model  # noqa: E402
 
 SENTENCES = [
@@ -143,128 +153,221 @@ def write_json(path: Path | None, config: dict[str, Any], rows: list[dict[str, A
         path.write_text(json.dumps({"config": config, "results": rows}, indent=2))
 
 
+def read_bandwidth(threads: int, megabytes: int = 512, repeats: int = 5) -> float:
+    """Memory read bandwidth in GB/s (best of ``repeats`` sums over a tensor far larger than the caches)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.ones(megabytes * 2**20 // 4)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            x.sum()
+            best = min(best, time.perf_counter() - start)
+        return x.numel() * 4 / best / 1e9
+    finally:
+        torch.set_num_threads(before)
+
+
+def weight_bytes(model: Any) -> int:
+    """Bytes a decode step reads: every weight once (a tied embedding counts once, as the LM head)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+    return total
+
+
+class Impl:
+    """One implementation to time: a name, the thread count it runs with and its generate function."""
+
+    def __init__(self, name: str, threads: int | None, fn: Any, engine: RolloutEngine | None = None) -> None:
+        self.name, self.threads, self.fn, self.engine = name, threads, fn, engine
+        self.times: list[float] = []
+        self.prefill: list[float] = []
+        self.warmup_s = 0.0
+        self.tokens: list[list[int]] = []
+        self.logprobs: list[list[float]] | None = None
+
+    def __call__(self, new_tokens: int, device: torch.device) -> tuple[Any, float]:
+        before = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            return timed(lambda: self.fn(new_tokens), device)
+        finally:
+            torch.set_num_threads(before)
+
+
+def measure(model_name: str, batch: int, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    """Every implementation on one model and batch size; returns the rows of the table."""
+    dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    modes = (args.modes or ("graph,compile" if device.type == "cuda" else "legacy,eager")).split(",")
+    torch.manual_seed(0)
+    model, tokenizer = load_model(model_name, device=device, dtype=dtype)
+    prompts = make_prompts(tokenizer, batch, args.prompt_len)
+    n_tokens = batch * args.new_tokens
+    pad = tokenizer.pad_token_id
+    default_threads = torch.get_num_threads()
+    engine_threads = args.threads or default_cpu_threads()
+
+    impls = [Impl("hf generate", None, lambda new: hf_generate(model, prompts, new, pad))]
+    if device.type == "cpu" and engine_threads != default_threads:
+        impls.append(
+            Impl(f"hf generate ({engine_threads} thr)", engine_threads, lambda new: hf_generate(model, prompts, new, pad))
+        )
+    for mode in modes:
+        engine = RolloutEngine(
+            model,
+            tokenizer,
+            max_batch=batch,
+            max_seq_len=args.max_seq_len or args.prompt_len + args.new_tokens,
+            use_cuda_graph=mode in ("graph", "compile"),
+            compile=mode == "compile",
+            legacy=mode == "legacy",
+            threads=args.threads,
+        )
+
+        def run(new: int, engine: RolloutEngine = engine) -> list[Any]:
+            if not engine.legacy:
+                engine._forget_all("benchmark")  # every call prefills the whole prompt, as the others do
+            return engine.generate(prompts, new, temperature=0.0, eos_token_ids=())
+
+        impls.append(Impl(f"engine:{mode}", None, run, engine))
+
+    for impl in impls:  # warm-up: kernel selection, allocator; graphs and compilation for the engine
+        _, impl.warmup_s = impl(args.new_tokens if impl.engine is not None else 4, device)
+    hf_repeats = args.hf_repeats or (1 if device.type == "cuda" else args.repeats)
+    for repeat in range(max(args.repeats, hf_repeats)):  # interleaved: load spikes hit every implementation
+        for impl in impls:
+            if repeat >= (args.repeats if impl.engine is not None else hf_repeats):
+                continue
+            out, seconds = impl(args.new_tokens, device)
+            impl.times.append(seconds)
+            if impl.engine is None:
+                impl.tokens = out
+            else:
+                impl.tokens, impl.logprobs = [r.completion_ids for r in out], [r.logprobs for r in out]
+            impl.prefill.append(impl(1, device)[1])  # one token: prefill + first sample
+            print(f"  {model_name} b{batch} {impl.name}: {seconds:.3f} s", flush=True)
+
+    hf = impls[0]
+    hf_s = statistics.median(hf.times)
+    eos = {tokenizer.eos_token_id}
+    rows = []
+    for impl in impls:
+        seconds, prefill_s = statistics.median(impl.times), statistics.median(impl.prefill)
+        decode_s = max(seconds - prefill_s, 1e-9)
+        row: dict[str, Any] = {
+            "model": model_name,
+            "batch": batch,
+            "impl": impl.name,
+            "threads": impl.threads or (engine_threads if impl.engine is not None and not impl.engine.legacy
+                                        else default_threads),
+            "seconds": seconds,
+            "times": impl.times,
+            "tok_s": n_tokens / seconds,
+            "decode_tok_s": batch * (args.new_tokens - 1) / decode_s,
+            "speedup": hf_s / seconds,
+            "prefill_s": prefill_s,
+        }
+        if impl is not hf:
+            row.update(compare(impl.tokens, hf.tokens, eos))
+        if impl.engine is not None:
+            row["warmup_s"] = impl.warmup_s
+            if args.check:
+                row.update(teacher_forced(model, prompts, impl.tokens, impl.logprobs))
+        rows.append(row)
+    if device.type == "cpu":
+        # The batch-1 floor: each decode step reads every weight once, at the engine's thread count.
+        bandwidth = read_bandwidth(engine_threads)
+        nbytes = weight_bytes(model)
+        for row in rows:
+            row.update(weight_mb=nbytes / 1e6, read_gb_s=bandwidth, floor_tok_s=batch * bandwidth * 1e9 / nbytes)
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    header = ["model", "batch", "impl", "threads", "tok/s", "decode tok/s", "time s", "vs HF",
+              "same rows", "TF agree", "TF dlogp"]
+    widths = [22, 6, 24, 8, 9, 13, 9, 8, 10, 10, 10]
+    print("\n" + "".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
+    for r in rows:
+        cells = [r["model"], str(r["batch"]), r["impl"], str(r["threads"]), f"{r['tok_s']:,.0f}",
+                 f"{r['decode_tok_s']:,.0f}", f"{r['seconds']:.3f}", f"{r['speedup']:.1f}x"]
+        cells.append(f"{r['identical_rows']:.0%}" if "identical_rows" in r else "-")
+        cells.append(f"{r['tf_agreement']:.2%}" if "tf_agreement" in r else "-")
+        cells.append(f"{r['tf_max_logprob_err']:.1e}" if "tf_max_logprob_err" in r else "-")
+        print("".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
+    floors = {(r["model"], r["batch"]): r for r in rows if "floor_tok_s" in r}
+    for (model, batch), r in floors.items():
+        if batch == 1:
+            print(f"floor {model}: {r['weight_mb']:.0f} MB of weights per decode step at {r['read_gb_s']:.1f} GB/s "
+                  f"read ({r['threads']} thr) -> at most {r['floor_tok_s']:.0f} tokens/s at batch 1")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model", default="smollm2-135m-instruct", help="smollm2-135m-instruct, tiny-random or a folder"
-    )
+    parser.add_argument("--model", nargs="+", default=None,
+                        help="smollm2-135m-instruct, tiny-random or a folder (default: SmolLM2; on CPU both)")
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
     )
     parser.add_argument(
         "--dtype", default=None, choices=["bf16", "fp32"], help="default: bf16 on cuda, fp32 on cpu"
     )
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--batch", type=int, nargs="+", default=None, help="default: 256 on cuda, 1 16 on cpu")
+    parser.add_argument("--new-tokens", type=int, default=None, help="default: 128 on cuda, 32 on cpu")
     parser.add_argument("--prompt-len", type=int, default=64)
+    parser.add_argument("--max-seq-len", type=int, default=None,
+                        help="engine cache columns (default prompt + new tokens; LMPolicy uses 2048)")
     parser.add_argument("--repeats", type=int, default=3, help="timed engine runs (median reported)")
-    parser.add_argument("--hf-repeats", type=int, default=1, help="timed HF runs (slow; median reported)")
+    parser.add_argument("--hf-repeats", type=int, default=None,
+                        help="timed HF runs (median reported; default 1 on cuda, --repeats on cpu)")
     parser.add_argument(
         "--modes",
         default=None,
-        help="engine variants, comma-separated from eager,graph,compile (default: graph,compile on cuda, eager on cpu)",
+        help="engine variants, comma-separated from legacy,eager,graph,compile "
+        "(default: graph,compile on cuda, legacy,eager on cpu)",
     )
+    parser.add_argument("--threads", type=int, default=None,
+                        help="the engine's CPU threads (default: cmat_gym.agents.engine.default_cpu_threads())")
+    parser.add_argument("--no-check", dest="check", action="store_false",
+                        help="skip the teacher-forced check of the engine's tokens")
     parser.add_argument("--json", type=Path, default=None, help="write the figures to this file")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
-    dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
-    modes = (args.modes or ("graph,compile" if device.type == "cuda" else "eager")).split(",")
-    torch.manual_seed(0)
-    model, tokenizer = load_model(args.model, device=device, dtype=dtype)
-    prompts = make_prompts(tokenizer, args.batch, args.prompt_len)
-    n_tokens = args.batch * args.new_tokens
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    cpu = device.type == "cpu"
+    models = args.model or (["tiny-random", "smollm2-135m-instruct"] if cpu else ["smollm2-135m-instruct"])
+    batches = args.batch or ([1, 16] if cpu else [256])
+    args.new_tokens = args.new_tokens or (32 if cpu else 128)
     config = {
-        "model": args.model,
-        "device": gpu,
-        "dtype": dtype,
-        "batch": args.batch,
+        "models": models,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "torch_threads": torch.get_num_threads(),
+        "engine_threads": args.threads or default_cpu_threads(),
+        "dtype": args.dtype or ("bf16" if device.type == "cuda" else "fp32"),
+        "batches": batches,
         "prompt_len": args.prompt_len,
         "new_tokens": args.new_tokens,
-        "distinct_prompts": len({tuple(p) for p in prompts}),
+        "repeats": args.repeats,
         "torch": torch.__version__,
     }
     print(" | ".join(f"{k} {v}" for k, v in config.items()), flush=True)
-
-    # HF baseline: a short warm-up (kernel selection, allocator), then the timed runs.
-    hf_generate(model, prompts, 4, tokenizer.pad_token_id)
-    hf_times = []
-    for _ in range(args.hf_repeats):
-        hf_tokens, seconds = timed(
-            lambda: hf_generate(model, prompts, args.new_tokens, tokenizer.pad_token_id), device
-        )
-        hf_times.append(seconds)
-    hf_s = statistics.median(hf_times)
-    rows: list[dict[str, Any]] = [
-        {"impl": "hf generate", "seconds": hf_s, "tok_s": n_tokens / hf_s, "speedup": 1.0}
-    ]
-    print(f"hf generate: {hf_s:.3f} s", flush=True)
-    write_json(args.json, config, rows)
-    eos = {tokenizer.eos_token_id}
-
-    for mode in modes:
-        engine = RolloutEngine(
-            model,
-            tokenizer,
-            max_batch=args.batch,
-            max_seq_len=args.prompt_len + args.new_tokens,
-            use_cuda_graph=mode != "eager",
-            compile=mode == "compile",
-        )
-
-        def run(new_tokens: int, engine: RolloutEngine = engine) -> list[Any]:
-            return engine.generate(prompts, new_tokens, temperature=0.0, eos_token_ids=())
-
-        _, warmup_s = timed(lambda: run(args.new_tokens), device)  # captures graphs / compiles
-        times = []
-        for _ in range(args.repeats):
-            results, seconds = timed(lambda: run(args.new_tokens), device)
-            times.append(seconds)
-        _, prefill_s = timed(lambda: run(1), device)  # one token: prefill + first sample
-        seconds = statistics.median(times)
-        tokens = [r.completion_ids for r in results]
-        row = {
-            "impl": f"engine:{mode}",
-            "seconds": seconds,
-            "tok_s": n_tokens / seconds,
-            "speedup": hf_s / seconds,
-            "warmup_s": warmup_s,
-            "prefill_s": prefill_s,
-            **compare(tokens, hf_tokens, eos),
-            **teacher_forced(model, prompts, tokens, [r.logprobs for r in results]),
-        }
-        rows.append(row)
-        print(f"engine:{mode}: {seconds:.3f} s (warm-up {warmup_s:.1f} s)", flush=True)
-        write_json(args.json, config, rows)
-        del engine
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    header = [
-        "impl",
-        "tok/s",
-        "time s",
-        "speedup",
-        "same rows",
-        "same replies",
-        "TF agree",
-        "TF gap",
-        "TF dlogp",
-    ]
-    print("\n" + "".join(f"{h:>13}" for h in header))
-    for r in rows:
-        cells = [r["impl"], f"{r['tok_s']:,.0f}", f"{r['seconds']:.3f}", f"{r['speedup']:.1f}x"]
-        if "identical_rows" in r:
-            cells += [
-                f"{r['identical_rows']:.1%}",
-                f"{r['identical_replies']:.1%}",
-                f"{r['tf_agreement']:.2%}",
-            ]
-            cells += [f"{r['tf_max_gap']:.3f}", f"{r['tf_max_logprob_err']:.1e}"]
-        else:
-            cells += ["-"] * 5
-        print("".join(f"{c:>13}" for c in cells))
+    rows: list[dict[str, Any]] = []
+    for model_name in models:
+        for batch in batches:
+            rows += measure(model_name, batch, args, device)
+            write_json(args.json, config, rows)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    print_table(rows)
+    if hasattr(os, "getloadavg"):
+        print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     return {"config": config, "results": rows}
 
 
