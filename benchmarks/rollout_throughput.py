@@ -223,7 +223,7 @@ def measure(model_name: str, batch: int, args: argparse.Namespace, device: torch
             tokenizer,
             max_batch=batch,
             max_seq_len=args.max_seq_len or args.prompt_len + args.new_tokens,
-            use_cuda_graph=mode in ("graph", "compile"),
+            use_cuda_graph=mode in ("graph", "compile") or (mode == "legacy" and device.type == "cuda"),
             compile=mode == "compile",
             legacy=mode == "legacy",
             threads=args.threads,
