@@ -12,8 +12,9 @@ STAMP := $(VENV)/.cmat-gym-installed
 
 install: system-deps $(STAMP)
 
-# bubblewrap runs the OS domain's shell sandbox. As root (CI, containers) it is installed from the
-# distribution; otherwise the OS env raises an error that says how to install it.
+# bubblewrap runs the OS domain's shell sandbox; Chromium runs the browser tests (web shop, HTML
+# report). As root (CI, containers) both are installed from the distribution; otherwise the OS env
+# raises an error that says how to install bubblewrap and the browser tests skip with a reason.
 system-deps:
 	@command -v bwrap >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -22,6 +23,14 @@ system-deps:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
 	  else \
 	    echo "note: bubblewrap (bwrap) is missing; the OS domain needs it: sudo apt-get install -y bubblewrap"; \
+	  fi; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (the browser tests)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "note: chromium is missing; the browser tests skip: sudo apt-get install -y chromium"; \
 	  fi; }
 
 # torch first, so that pip keeps it when it resolves the [train] extra (torch is unpinned there, so
