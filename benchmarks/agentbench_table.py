@@ -10,7 +10,7 @@ Sources of each domain in ``--envs`` (the titles of registered domains, ``cmat-g
 * **<Title>-v0 test**: ``--episodes`` procedural tasks of the held-out test split, difficulty mixed
   (episode i resets with ``seed + i``);
 * **its AgentBench dev split** (the domain record's ``agentbench``, e.g. dbbench dev): the file under
-  ``--agentbench-dir`` (default ``../shared/agentbench`` next to the repository) or the one given by
+  ``--agentbench-dir`` (default: the copies bundled in ``cmat_gym/data/agentbench``) or the one given by
   ``--agentbench-file TITLE=PATH``; skipped with a message when absent. All tasks, or an evenly spaced
   subset of ``--agentbench-tasks K`` (files are sorted by task type, so every type stays).
 
@@ -54,6 +54,7 @@ from cmat_gym.agents.policies import Policy, is_model_policy, make_policy
 from cmat_gym.cmat.memory import ReflectionStore
 from cmat_gym.core.domain import Domain, domain_of_env, registered_domains
 from cmat_gym.core.task import Task
+from cmat_gym.data import AGENTBENCH_DIR
 from cmat_gym.evaluation import (
     EpisodeResult,
     env_factory,
@@ -63,7 +64,7 @@ from cmat_gym.evaluation import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_AGENTBENCH_DIR = REPO.parent / "shared" / "agentbench"
+DEFAULT_AGENTBENCH_DIR = AGENTBENCH_DIR  # the dev splits bundled with the package
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"{', '.join(d.title for d in registered_domains())})")
     parser.add_argument("--episodes", type=int, default=30, help="procedural test episodes per agent and domain")
     parser.add_argument("--agentbench-dir", type=Path, default=DEFAULT_AGENTBENCH_DIR,
-                        help="the folder of AgentBench's data files (default ../shared/agentbench)")
+                        help="the folder of AgentBench's data files (default: the bundled dev splits, "
+                             f"{DEFAULT_AGENTBENCH_DIR})")
     parser.add_argument("--agentbench-file", action="append", default=[], metavar="TITLE=PATH",
                         help="a domain's AgentBench file, e.g. DB=path/to/dev.jsonl (repeatable)")
     parser.add_argument("--agentbench-tasks", "--dbbench-tasks", type=int, default=None, dest="agentbench_tasks",

@@ -34,6 +34,7 @@ from cmat_gym.agents.policies import POLICIES, Policy, is_model_policy, make_pol
 from cmat_gym.cmat.memory import ReflectionStore
 from cmat_gym.core.actions import ActionError
 from cmat_gym.core.domain import domain_of_env, registered_domains
+from cmat_gym.data import resolve_task_file
 from cmat_gym.evaluation import (
     EpisodeResult,
     run_episodes,
@@ -64,7 +65,8 @@ def add_run_args(
     """
     parser.add_argument("--env", default=DEFAULT_ENV, help=f"environment id (default {DEFAULT_ENV})")
     parser.add_argument("--tasks", default=None, metavar="PATH",
-                        help="a task file (e.g. AgentBench dbbench dev.jsonl); default: procedural tasks")
+                        help="a task file (e.g. AgentBench dbbench dev.jsonl) or a bundled AgentBench dev split "
+                             "(agentbench:dbbench/dev, agentbench:os_interaction/dev, ...); default: procedural tasks")
     parser.add_argument("--split", default="train", choices=("train", "test"),
                         help="procedural split (default train)")
     parser.add_argument("--difficulty", type=int, default=None, choices=(1, 2, 3),
@@ -86,9 +88,13 @@ def env_kwargs(args: argparse.Namespace, render_mode: str | None = None) -> dict
     registered_or_fail(args.env)
     kwargs: dict[str, Any] = {"split": args.split, "difficulty": args.difficulty, "render_mode": render_mode}
     if args.tasks is not None:
-        if not os.path.isfile(args.tasks):
+        try:
+            path = resolve_task_file(args.tasks)  # "agentbench:dbbench/dev": a bundled dev split
+        except FileNotFoundError as exc:
+            raise CLIError(str(exc)) from exc
+        if not os.path.isfile(path):
             raise CLIError(f"task file not found: {args.tasks}")
-        kwargs["tasks"] = args.tasks
+        kwargs["tasks"] = path
     if getattr(args, "max_rounds", None) is not None:
         kwargs["max_rounds"] = args.max_rounds
     return kwargs

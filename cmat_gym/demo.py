@@ -25,11 +25,12 @@ import gymnasium as gym
 from cmat_gym import cli
 from cmat_gym.agents.policies import make_policy
 from cmat_gym.core.domain import domain_of_env
+from cmat_gym.data import agentbench_file
 from cmat_gym.evaluation import EpisodeResult, env_factory, run_episodes, summarize, summarize_cmat
 
 DEMO_ENV = "cmat/DB-v0"
 REFERENCE_POLICIES = ("oracle", "random")
-AGENTBENCH_DB = Path(__file__).resolve().parents[1].parent / "shared" / "agentbench" / "dbbench" / "dev.jsonl"
+AGENTBENCH_DB = agentbench_file("dbbench/dev")  # bundled with the package (cmat_gym/data)
 
 
 def banner(title: str) -> None:

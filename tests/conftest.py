@@ -1,4 +1,4 @@
-"""Shared fixtures: where the real AgentBench data lives (skip when it is absent)."""
+"""Shared fixtures: the real AgentBench dev files, bundled with the package (``cmat_gym/data``)."""
 
 from __future__ import annotations
 
@@ -6,19 +6,18 @@ from pathlib import Path
 
 import pytest
 
+from cmat_gym.data import agentbench_file
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
 
 
 def agentbench_path(*parts: str) -> Path:
-    """The path of an AgentBench dev file under ``<repo>/../shared/agentbench``, or skip the test."""
-    path = SHARED.joinpath("agentbench", *parts)
-    if not path.is_file():
-        pytest.skip(f"AgentBench data not found at {path} (needs ../shared next to the repo)")
-    return path
+    """The bundled AgentBench dev file ``parts`` names (``"dbbench", "dev.jsonl"``): always present,
+    so no test skips for missing data."""
+    return agentbench_file("/".join(parts))
 
 
 @pytest.fixture
 def agentbench_db_path() -> Path:
-    """The AgentBench dbbench dev file (60 tasks), or skip when ``../shared`` is absent."""
+    """The AgentBench dbbench dev file (60 tasks), bundled with the package."""
     return agentbench_path("dbbench", "dev.jsonl")

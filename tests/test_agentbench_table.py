@@ -75,3 +75,11 @@ def test_missing_dbbench_file_is_skipped_with_a_message(capsys, tmp_path) -> Non
     assert status == 0
     out = capsys.readouterr().out
     assert "not found" in out and "'dbbench dev' skipped" in out and "DB-v0 test (2)" in out
+
+
+def test_the_default_agentbench_dir_is_the_bundled_data(capsys) -> None:
+    assert table.DEFAULT_AGENTBENCH_DIR.is_dir() and "cmat_gym" in table.DEFAULT_AGENTBENCH_DIR.parts
+    status = table.main(["--policy", "oracle", "--episodes", "1", "--envs", "DB", "--agentbench-tasks", "3", "--quiet"])
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "dbbench dev (3)" in out and "not found" not in out

@@ -28,6 +28,7 @@ from cmat_gym.core.text import (
     text_space,
     write_display,
 )
+from cmat_gym.data import resolve_task_file
 
 PROCEDURAL = "procedural"
 
@@ -54,7 +55,8 @@ class TextEnv(gym.Env[str, str]):
 
     Args:
         tasks: ``"procedural"`` (generate a task from each seed) or a path to a task file in the
-            domain's format (e.g. AgentBench's), or a sequence of :class:`Task`.
+            domain's format (e.g. AgentBench's; ``"agentbench:dbbench/dev"`` names a bundled dev split,
+            see :mod:`cmat_gym.data`), or a sequence of :class:`Task`.
         split: ``"train"`` or ``"test"`` (procedural tasks only; the two are disjoint).
         difficulty: 1-3, or None to draw one per episode (procedural tasks only).
         max_rounds: actions allowed before the episode is truncated (default: the class's
@@ -97,7 +99,7 @@ class TextEnv(gym.Env[str, str]):
             self.task_file: str | None = None
             self._tasks: list[Task] | None = None
         elif isinstance(tasks, str | os.PathLike):
-            self.task_file = os.fspath(tasks)
+            self.task_file = resolve_task_file(tasks)  # "agentbench:dbbench/dev" -> the bundled file
             self._tasks = self.load_tasks(self.task_file)
             if not self._tasks:
                 raise ValueError(f"No tasks in {self.task_file}")
