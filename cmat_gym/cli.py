@@ -10,6 +10,8 @@ Subcommands::
                                                    a task never sees its own reflections)
     cmat-gym eval --policy smollm2 --cmat --memory on --trials 3 --reflection lm
                                                    multi-trial (Reflexion-style retries): success@k
+    cmat-gym eval --cmat --save-trajectories DIR --html report.html
+                                                   keep the episodes: an HF dataset and an HTML report
 
 Bad input (an unknown env or policy, a missing file) prints a one-line message and exits with
 status 2; it never shows a traceback.
@@ -281,6 +283,49 @@ def add_cmat_args(parser: argparse.ArgumentParser) -> None:
                             "see cmat-gym list)")
 
 
+def add_output_args(parser: argparse.ArgumentParser) -> None:
+    """Flags that keep the episodes: ``--save-trajectories DIR`` (an HF dataset) and ``--html FILE`` (a report)."""
+    group = parser.add_argument_group("recorded episodes")
+    group.add_argument("--save-trajectories", default=None, metavar="DIR",
+                       help="save every episode (chat messages, tool schemas, actions, observations, rewards, "
+                            "checker verdicts and hindsight) as an HF datasets dataset (datasets.load_from_disk)")
+    group.add_argument("--html", default=None, metavar="FILE",
+                       help="write a self-contained HTML report: every episode's dialogue and the success rate")
+
+
+def recording(args: argparse.Namespace) -> bool:
+    """Whether the run must record its episodes (``--save-trajectories`` or ``--html``); with
+    ``--save-trajectories``, checks that ``datasets`` is installed before any episode runs."""
+    if getattr(args, "save_trajectories", None) is not None:
+        from cmat_gym.trajectories import require_datasets
+
+        try:
+            require_datasets()
+        except ImportError as exc:
+            raise CLIError(str(exc)) from exc
+    return getattr(args, "save_trajectories", None) is not None or getattr(args, "html", None) is not None
+
+
+def write_outputs(args: argparse.Namespace, results: Sequence[EpisodeResult], summary: dict[str, Any]) -> None:
+    """Save the recorded episodes where ``--save-trajectories`` / ``--html`` say (notes on stderr, so that
+    ``--json`` still prints one object)."""
+    if getattr(args, "save_trajectories", None) is not None:
+        from cmat_gym.trajectories import save_trajectories
+
+        path = save_trajectories(results, args.save_trajectories, env_id=args.env, policy=args.policy)
+        sys.stderr.write(f"trajectories: {len(results)} episodes saved to {path}\n")
+    if getattr(args, "html", None) is not None:
+        from cmat_gym.report import write_html
+
+        source = args.tasks or f"procedural (split={args.split}, difficulty={args.difficulty or 'mixed'})"
+        loop = f" | CMAT loop, {args.checker or 'rule'} checker" if args.cmat else ""
+        if args.trials > 1:
+            loop += f" | multi-trial, up to {args.trials} trials per task (success rate: trial 1)"
+        header = f"policy {args.policy} | tasks {source} | seed {args.seed}{loop}"
+        path = write_html(results, args.html, title=f"cmat-gym eval: {args.env}", description=header, summary=summary)
+        sys.stderr.write(f"report: {path}\n")
+
+
 def build_policy(args: argparse.Namespace) -> Policy:
     """The policy ``--policy`` names, speaking the grammar of ``--env``'s domain, with the model flags
     for language-model policies."""
@@ -388,7 +433,7 @@ def run_policy(
     """Play the episodes the flags describe with ``policy`` (single-trial)."""
     factory, episodes, task_indices = plan_episodes(args, policy, memory)
     return run_episodes(factory, policy, episodes, args.seed, task_indices=task_indices, progress=progress,
-                        batch_size=args.batch_size)
+                        batch_size=args.batch_size, record=recording(args))
 
 
 def run_policy_trials(
@@ -397,12 +442,13 @@ def run_policy_trials(
     """Play the tasks the flags describe with ``policy``, up to ``--trials`` times each (multi-trial)."""
     factory, episodes, task_indices = plan_episodes(args, policy, memory)
     return run_trials(factory, policy, episodes, args.seed, args.trials, task_indices=task_indices,
-                      progress=progress, batch_size=args.batch_size)
+                      progress=progress, batch_size=args.batch_size, record=recording(args))
 
 
 def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
     """Run a policy for some episodes and print the success rate with its 95% interval."""
     check_counts(args)
+    recording(args)  # a missing 'datasets' fails before the model loads
     policy = build_policy(args)
     memory = open_memory(args) if args.cmat else None
     trials = None
@@ -425,6 +471,7 @@ def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
     finally:
         if memory is not None:
             memory.close()
+    write_outputs(args, results, summary)
     if args.json:
         report = {"env": args.env, "policy": args.policy, "tasks": args.tasks or "procedural", **summary,
                   "results": [_result_row(r, trials is not None) for r in results]}
@@ -500,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_args(evaluate)
     add_model_args(evaluate)
     add_cmat_args(evaluate)
+    add_output_args(evaluate)
     return parser
 
 

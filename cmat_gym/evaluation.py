@@ -28,13 +28,16 @@ import dataclasses
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 from tqdm import tqdm
 
 from cmat_gym.agents.policies import Policy, is_privileged
+
+if TYPE_CHECKING:
+    from cmat_gym.trajectories import Trajectory
 
 EnvFactory = Callable[[], gym.Env]
 
@@ -56,6 +59,8 @@ class EpisodeResult:
             reflections, ...) when the env is the CMAT wrapper, else None.
         trial: which trial of its task this episode was (1 outside :func:`run_trials`).
         reflection: the reflection the CMAT loop wrote after this (failed) episode, else None.
+        trajectory: every step of the episode when played with ``record=True`` (see
+            :mod:`cmat_gym.trajectories`), else None; left out of equality and ``repr``.
     """
 
     task_id: str
@@ -68,9 +73,10 @@ class EpisodeResult:
     cmat: dict[str, Any] | None = None
     trial: int = 1
     reflection: str | None = None
+    trajectory: Trajectory | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """The result as a JSON-ready dict."""
+        """The result as a JSON-ready dict (the trajectory as nested dicts, when recorded)."""
         return asdict(self)
 
 
@@ -90,6 +96,7 @@ class _Episode:
     task: Any
     steps: int = 0
     format_errors: int = 0
+    trajectory: Trajectory | None = None
 
 
 def run_episodes(
@@ -103,6 +110,7 @@ def run_episodes(
     on_episode_end: Callable[[EpisodeResult, gym.Env], None] | None = None,
     seeds: Sequence[int] | None = None,
     reset_options: Sequence[dict[str, Any] | None] | None = None,
+    record: bool = False,
 ) -> list[EpisodeResult]:
     """Play ``episodes`` episodes of ``env`` with ``policy``; the results in episode order.
 
@@ -136,6 +144,9 @@ def run_episodes(
             the slot's env starts another one), e.g. to ``render()`` a transcript.
         seeds: the reset seed of each episode (default ``seed + i``); its length must equal ``episodes``.
         reset_options: more reset options of each episode (e.g. the CMAT loop's ``trial_reflections``).
+        record: keep every step of every episode in :attr:`EpisodeResult.trajectory` (chat messages, tool
+            schemas, actions, observations, rewards, checker verdicts and hindsight), for
+            :func:`cmat_gym.trajectories.save_trajectories` and :mod:`cmat_gym.report`.
     """
     if episodes < 0:
         raise ValueError(f"Expects episodes >= 0, actual {episodes}")
@@ -171,6 +182,10 @@ def run_episodes(
         observation, _ = slot_env.reset(seed=episode_seed, options=options or None)
         policy.reset(slots=[slot])
         running[slot] = _Episode(i, observation, slot_env.unwrapped.task)
+        if record:
+            from cmat_gym.trajectories import Trajectory
+
+            running[slot].trajectory = Trajectory.start(slot_env, policy, observation, episode_seed)
 
     bar = tqdm(total=episodes, desc="episodes", unit="ep", file=sys.stderr, disable=not progress)
     try:
@@ -192,8 +207,10 @@ def run_episodes(
             for slot, action in zip(active, actions, strict=True):
                 episode = running[slot]
                 assert episode is not None
-                episode.observation, _, terminated, truncated, info = envs[slot].step(action)
+                episode.observation, reward, terminated, truncated, info = envs[slot].step(action)
                 episode.steps += 1
+                if episode.trajectory is not None:
+                    episode.trajectory.add(action, episode.observation, reward, info)
                 episode.format_errors += is_format_error(info)
                 if terminated or truncated:
                     result = _result(episode, info, bool(truncated and not terminated))
@@ -216,7 +233,7 @@ def _result(episode: _Episode, info: dict[str, Any], truncated: bool) -> Episode
         task_id=episode.task.task_id, success=bool(info.get("success", False)), score=float(info.get("score", 0.0)),
         steps=episode.steps, dense_score=float(info.get("dense_score", 0.0)), truncated=truncated,
         format_errors=episode.format_errors, cmat=dict(metrics) if metrics is not None else None,
-        reflection=info.get("reflection"),
+        reflection=info.get("reflection"), trajectory=episode.trajectory,
     )
 
 
@@ -229,6 +246,7 @@ def run_trials(
     task_indices: Sequence[int] | None = None,
     progress: bool = True,
     batch_size: int = 1,
+    record: bool = False,
 ) -> list[list[EpisodeResult]]:
     """Multi-trial (Reflexion-style) evaluation through the CMAT loop: play each of ``episodes`` tasks up
     to ``trials`` times, stopping at its first success; a retry sees its task's earlier reflections.
@@ -243,7 +261,7 @@ def run_trials(
 
     Args:
         env: a factory of CMAT envs (:func:`env_factory` with ``cmat=True``).
-        policy, episodes, seed, task_indices, progress, batch_size: as :func:`run_episodes`
+        policy, episodes, seed, task_indices, progress, batch_size, record: as :func:`run_episodes`
             (``episodes`` counts tasks).
         trials: the most trials per task (``K``; 1 is a single-trial run).
 
@@ -280,6 +298,7 @@ def run_trials(
             seeds=[seed + j for j in pending],
             task_indices=[task_indices[j] for j in pending] if task_indices is not None else None,
             reset_options=[{"trial_reflections": list(reflections[j])} for j in pending],
+            record=record,
         )
         for j, result in zip(pending, results, strict=True):
             per_task[j].append(dataclasses.replace(result, trial=trial))
