@@ -128,6 +128,11 @@ def sources(domains: Sequence[Domain], episodes: int, agentbench_dir: Path, file
             print(f"(AgentBench file not found at {path}: '{split.name}' skipped)")
             continue
         tasks = domain.env_class.load_tasks(str(path))
+        try:  # a file whose tasks need a live backend not given here (KG: a Freebase endpoint) is skipped
+            domain.env_class(tasks=str(path), **rounds).close()
+        except ValueError as exc:
+            print(f"('{split.name}' skipped: {exc})")
+            continue
         n = len(tasks) if agentbench_tasks is None else min(agentbench_tasks, len(tasks))
         indices = [i * len(tasks) // n for i in range(n)]  # evenly spaced: the file is sorted by type
         found.append(Source(split.name, domain.env_id, {"tasks": str(path), **rounds}, n, indices, domain,
