@@ -12,6 +12,10 @@ Subcommands::
                                                    multi-trial (Reflexion-style retries): success@k
     cmat-gym eval --cmat --save-trajectories DIR --html report.html
                                                    keep the episodes: an HF dataset and an HTML report
+    cmat-gym eval --policy openai --base-url URL --model NAME --batch-size 8
+                                                   any OpenAI-compatible server as the Assistant
+    cmat-gym serve --model smollm2 [--adapter DIR] [--port 8000]
+                                                   a local model as an OpenAI-compatible server
 
 Bad input (an unknown env or policy, a missing file) prints a one-line message and exits with
 status 2; it never shows a traceback.
@@ -32,6 +36,7 @@ import gymnasium as gym
 
 import cmat_gym
 from cmat_gym import evaluation
+from cmat_gym.agents.openai_policy import PolicyRequestError
 from cmat_gym.agents.policies import POLICIES, Policy, is_model_policy, make_policy
 from cmat_gym.cmat.memory import ReflectionStore
 from cmat_gym.core.actions import ActionError
@@ -45,6 +50,7 @@ from cmat_gym.evaluation import (
     summarize_cmat,
     summarize_trials,
 )
+from cmat_gym.serve import add_arguments as add_serve_args
 
 ENV_PREFIX = "cmat/"
 DEFAULT_ENV = "cmat/DB-v0"
@@ -252,6 +258,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', ...")
     group.add_argument("--threads", type=int, default=None,
                        help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
+    api = parser.add_argument_group("OpenAI-compatible server (--policy openai)")
+    api.add_argument("--base-url", default=None, metavar="URL",
+                     help="the API root, e.g. http://127.0.0.1:8000/v1 (cmat-gym serve) or a hosted API; the key "
+                          "comes from $OPENAI_API_KEY")
+    api.add_argument("--model", default=None, metavar="NAME", help="the model name the server serves")
+    api.add_argument("--concurrency", type=int, default=8,
+                     help="most requests in flight (default 8; --batch-size sets how many episodes run at once)")
 
 
 def add_cmat_args(parser: argparse.ArgumentParser) -> None:
@@ -336,9 +349,16 @@ def build_policy(args: argparse.Namespace) -> Policy:
                       device=args.device, threads=args.threads)
     elif args.adapter is not None:
         raise CLIError(f"--adapter needs a language-model policy, not {args.policy!r}")
+    if args.policy == "openai":
+        if args.base_url is None or args.model is None:
+            raise CLIError("--policy openai needs --base-url URL and --model NAME")
+        kwargs.update(base_url=args.base_url, model=args.model, max_tokens=args.max_new_tokens,
+                      concurrency=args.concurrency)
+    elif args.base_url is not None or args.model is not None:
+        raise CLIError("--base-url and --model need --policy openai")
     try:
         return make_policy(args.policy, **kwargs)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ImportError) as exc:
         raise CLIError(str(exc)) from exc
 
 
@@ -472,9 +492,12 @@ def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
         if memory is not None:
             memory.close()
     write_outputs(args, results, summary)
+    usage = getattr(policy, "usage", None)  # token counts of API policies (OpenAIPolicy)
     if args.json:
         report = {"env": args.env, "policy": args.policy, "tasks": args.tasks or "procedural", **summary,
                   "results": [_result_row(r, trials is not None) for r in results]}
+        if usage is not None:
+            report["usage"] = dict(usage)
         if cmat is not None:
             report["cmat"] = cmat
         if trials is not None:
@@ -488,6 +511,9 @@ def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
     out.write(format_report(f"{args.env} | policy {args.policy} | tasks {source}{loop}", summary, cmat))
     if trials is not None:
         out.write(format_trials(trials))
+    if usage is not None:
+        out.write(f"tokens: {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion in "
+                  f"{usage['requests']} requests ({usage['retries']} retries)\n")
     return 0
 
 
@@ -532,6 +558,20 @@ def _fraction(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+# ---------------------------------------------------------------------------------- serve
+SERVE_HELP = "Serve a local chat model at /v1/chat/completions and /v1/models (see cmat_gym/serve.py)."
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve ``--model`` (and ``--adapter``) as an OpenAI-compatible API until interrupted."""
+    from cmat_gym import serve
+
+    try:
+        return serve.serve(args)
+    except (ValueError, OSError, ImportError) as exc:
+        raise CLIError(str(exc)) from exc
+
+
 # ---------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cmat-gym``."""
@@ -547,6 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_args(evaluate)
     add_model_args(evaluate)
     add_cmat_args(evaluate)
+    serve = sub.add_parser("serve", help="serve a local model as an OpenAI-compatible API (127.0.0.1)",
+                           description=SERVE_HELP)
+    add_serve_args(serve)
     add_output_args(evaluate)
     return parser
 
@@ -560,7 +603,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args, out)
         if args.command == "play":
             return cmd_play(args, out, sys.stdin)
+        if args.command == "serve":
+            return cmd_serve(args)
         return cmd_eval(args, out)
+    except PolicyRequestError as exc:
+        sys.stderr.write(f"cmat-gym {args.command}: error: {exc}\n")
+        return 1
     except CLIError as exc:
         sys.stderr.write(f"cmat-gym {args.command}: error: {exc}\n")
         return 2

@@ -214,11 +214,15 @@ POLICIES: dict[str, str] = {
     "smollm2": "cmat_gym.agents.chat_agent:smollm2",
     "smollm2-135m-instruct": "cmat_gym.agents.chat_agent:smollm2",  # the model's name works too
     "tiny-random": "cmat_gym.agents.chat_agent:tiny_random",
+    # Any OpenAI-compatible chat-completions server (base_url=..., model=...); needs no torch.
+    "openai": "cmat_gym.agents.openai_policy:OpenAIPolicy",
 }
 # The language-model policies among them (a local model folder is one too): they take model options
 # (adapter, max_new_tokens, max_batch, device, ...; see cmat_gym.agents.chat_agent.make_chat_agent).
 MODEL_POLICIES = frozenset({"smollm2", "smollm2-135m-instruct", "tiny-random"})
 _MODEL_FOLDER_FACTORY = "cmat_gym.agents.chat_agent:make_chat_agent"
+# Top-level modules of the [train] extra that the language-model policies import.
+TRAIN_EXTRA_MODULES = frozenset({"torch", "transformers", "peft", "accelerate", "safetensors", "gguf"})
 
 
 def is_model_policy(name: str) -> bool:
@@ -235,6 +239,7 @@ def make_policy(name: str, **kwargs: Any) -> Policy:
 
     Raises:
         ValueError: for a name that is neither registered nor a folder (the message lists the known ones).
+        ImportError: for a language model when the ``[train]`` extra is missing (one line saying so).
     """
     target = POLICIES.get(name)
     if target is None and is_model_policy(name):
@@ -242,5 +247,13 @@ def make_policy(name: str, **kwargs: Any) -> Policy:
     if target is None:
         raise ValueError(f"Expects a policy in {sorted(POLICIES)} or a model folder, actual {name!r}")
     module_name, _, attribute = target.partition(":")
-    factory: Callable[..., Policy] = getattr(importlib.import_module(module_name), attribute)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # The language models need the [train] extra (torch, transformers, peft): say so in one line.
+        if (exc.name or "").partition(".")[0] in TRAIN_EXTRA_MODULES:
+            raise ImportError(f"policy {name!r} needs {exc.name}, which is not installed: "
+                              "pip install 'cmat-gym[train]'") from exc
+        raise
+    factory: Callable[..., Policy] = getattr(module, attribute)
     return factory(**kwargs)

@@ -1,0 +1,180 @@
+"""``cmat-gym serve``: a real model (tiny-random) behind the OpenAI-compatible API, played by
+``--policy openai`` through the real CLI process; and the request checks of the app in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.importorskip("torch")
+
+from starlette.testclient import TestClient  # noqa: E402
+
+from cmat_gym import cli  # noqa: E402
+from cmat_gym.agents.chat_agent import STOP  # noqa: E402
+from cmat_gym.agents.lm_policy import LMPolicy  # noqa: E402
+from cmat_gym.agents.policies import make_policy  # noqa: E402
+from cmat_gym.evaluation import env_factory, run_episodes  # noqa: E402
+from cmat_gym.serve import MAX_BODY_BYTES, BatchGenerator, build_app, extract_tool_call  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``cmat-gym serve --model tiny-random`` on a free loopback port, in its own process."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cmat_gym.cli", "serve", "--model", "tiny-random", "--port", str(port),
+         "--device", "cpu", "--threads", "1", "--max-tokens", "24", "--max-batch", "4"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"serve did not start: {process.communicate()[1][-2000:]}")
+        time.sleep(0.2)
+    yield url, process
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
+
+
+def test_models_lists_the_served_model(server: tuple[str, Any]) -> None:
+    url, _ = server
+    assert [m["id"] for m in httpx.get(f"{url}/models").json()["data"]] == ["tiny-random"]
+
+
+def test_two_db_episodes_through_the_api(server: tuple[str, Any]) -> None:
+    url, _ = server
+    policy = make_policy("openai", base_url=url, model="tiny-random", domain="db", max_tokens=24, concurrency=2)
+    try:
+        results = run_episodes(env_factory("cmat/DB-v0", max_rounds=3), policy, 2, seed=0, batch_size=2,
+                               progress=False)
+    finally:
+        policy.close()
+    assert len(results) == 2
+    assert all(r.steps >= 1 and (r.truncated or r.steps <= 3) for r in results)  # every episode ended
+    steps = sum(r.steps for r in results)
+    assert policy.usage["requests"] == steps and policy.usage["retries"] == 0
+    assert policy.usage["completion_tokens"] > 0 and policy.usage["prompt_tokens"] > policy.usage["completion_tokens"]
+    replies = [m for h in policy.histories.values() for m in h if m["role"] == "assistant"]
+    assert replies and any(m.get("content") or m.get("tool_calls") for m in replies)  # the model's text came back
+
+
+def test_cli_eval_policy_openai_reports_token_usage(server: tuple[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    url, _ = server
+    status = cli.main(["eval", "--policy", "openai", "--base-url", url, "--model", "tiny-random", "--tasks",
+                       "agentbench:dbbench/dev", "--episodes", "2", "--batch-size", "2", "--max-new-tokens", "16",
+                       "--max-rounds", "2", "--json"])
+    assert status == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["episodes"] == 2 and report["usage"]["requests"] == sum(r["steps"] for r in report["results"])
+    assert report["usage"]["total_tokens"] == report["usage"]["prompt_tokens"] + report["usage"]["completion_tokens"]
+    assert cli.main(["eval", "--policy", "openai", "--base-url", url]) == 2  # --model missing: a message
+    assert "--policy openai needs" in capsys.readouterr().err
+    assert cli.main(["eval", "--policy", "openai", "--base-url", url, "--model", "other", "--episodes", "1"]) == 1
+    assert "model_not_found" in capsys.readouterr().err
+
+
+def test_sigterm_shuts_the_server_down_cleanly(server: tuple[str, subprocess.Popen[str]]) -> None:
+    _, process = server
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err[-2000:]
+    assert "cmat-gym serve: stopped" in err
+
+
+# ------------------------------------------------------------------------------------ the app in-process
+@pytest.fixture(scope="module")
+def client() -> Iterator[tuple[TestClient, BatchGenerator]]:
+    lm = LMPolicy.from_pretrained("tiny-random", max_new_tokens=8, max_batch=4, stop=STOP)
+    generator = BatchGenerator(lm, max_batch=4)
+    with TestClient(build_app(generator, "tiny", max_tokens=8)) as test_client:
+        yield test_client, generator
+    generator.close()
+
+
+@pytest.mark.parametrize(("body", "status", "needle"), [
+    ({"model": "tiny", "messages": []}, 400, "non-empty list"),
+    ({"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}, 400, "role"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": {"x": 1}}]}, 400, "must be text"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stream": True}, 400, "streaming"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": 9}, 400, "temperature"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, 400, "max_tokens"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stop": 3}, 400, "stop"),
+    ({"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404, "not served"),
+    ([1, 2], 400, "JSON object"),
+])
+def test_bad_requests_get_openai_style_errors(client: tuple[TestClient, Any], body: Any, status: int, needle: str) -> None:
+    response = client[0].post("/v1/chat/completions", json=body)
+    assert response.status_code == status
+    assert needle in response.json()["error"]["message"]
+
+
+def test_garbage_and_huge_bodies_are_refused(client: tuple[TestClient, Any]) -> None:
+    test_client = client[0]
+    assert test_client.post("/v1/chat/completions", content=b"\xff{not json").status_code == 400
+    huge = test_client.post("/v1/chat/completions", content=b"x" * (MAX_BODY_BYTES + 1))
+    assert huge.status_code == 413
+
+
+def test_a_conversation_with_tool_messages_is_answered(client: tuple[TestClient, Any]) -> None:
+    body = {"model": "tiny", "max_tokens": 5, "temperature": 0, "seed": 1, "stop": ["\n\n"], "messages": [
+        {"role": "system", "content": "You are an agent."},
+        {"role": "user", "content": "How many rows?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "execute_sql", "arguments": "{\"sql\": \"SELECT 1\"}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "[(1,)]"},
+    ], "tools": [{"type": "function", "function": {"name": "execute_sql", "parameters": {}}}]}
+    reply = client[0].post("/v1/chat/completions", json=body).json()
+    choice = reply["choices"][0]
+    assert choice["finish_reason"] in ("stop", "length", "tool_calls")
+    assert reply["usage"]["completion_tokens"] <= 5 and reply["usage"]["prompt_tokens"] > 10
+
+
+def test_a_long_conversation_is_cut_to_the_window(client: tuple[TestClient, Any]) -> None:
+    turns = [{"role": "user", "content": "task"}]
+    for i in range(200):
+        turns += [{"role": "assistant", "content": f"action {i} " * 20}, {"role": "user", "content": f"result {i} " * 20}]
+    reply = client[0].post("/v1/chat/completions", json={"model": "tiny", "messages": turns, "max_tokens": 4})
+    assert reply.status_code == 200
+    assert reply.json()["usage"]["prompt_tokens"] <= 2048
+
+
+def test_tool_call_text_becomes_tool_calls() -> None:
+    names = {"execute_sql"}
+    for text in ('{"name": "execute_sql", "arguments": {"sql": "SELECT 1"}}',
+                 '<tool_call>{"name": "execute_sql", "arguments": {"sql": "SELECT 1"}}</tool_call>',
+                 '```json\n{"tool": "execute_sql", "args": {"sql": "SELECT 1"}}\n```'):
+        call = extract_tool_call(text, names)
+        assert call is not None and call["function"]["name"] == "execute_sql"
+        assert json.loads(call["function"]["arguments"]) == {"sql": "SELECT 1"}
+    for text in ("SELECT 1", '{"name": "rm_rf", "arguments": {}}', "{broken", '{"name": "execute_sql"'):
+        assert extract_tool_call(text, names) is None
+    assert extract_tool_call('{"name": "execute_sql", "arguments": {}}', set()) is None
