@@ -252,8 +252,9 @@ class KGEnv(TextEnv):
             entity = text
         if entity is None:
             names = ", ".join(self.entities) or "none"
+            arity = " If you meant several arguments: this tool takes one." if "," in text else ""
             raise _Unresolved(f"'{text[:80]}' is neither a variable nor an entity of the question "
-                              f"(entities: {names}).")
+                              f"(entities: {names}).{arity}")
         return entity, "entity"
 
     # ----------------------------------------------------------------- store look-ups (cached per program)

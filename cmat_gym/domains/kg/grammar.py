@@ -22,7 +22,7 @@ from cmat_gym.core.actions import (
 
 VARIABLE = re.compile(r"#(\d{1,6})")
 _FINAL = re.compile(r"(?:Final|Find)\s*+Answer\s*+\**+\s*+[:：]\s*+(.*)", re.IGNORECASE | re.DOTALL)
-_TWO_ARG_CALL = re.compile(r"\b(get_neighbors|argmax|argmin|intersection)[^\S\n]*+\(([^\n]*)\)")
+_TWO_ARG_CALL = re.compile(r"\b(get_neighbors|argmax|argmin)[^\S\n]*+\(([^\n]*)\)")
 
 
 @dataclass(frozen=True)

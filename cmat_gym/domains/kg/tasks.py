@@ -231,9 +231,9 @@ def generate_task(seed: int, split: str, difficulty: int) -> Task:
                     "answer": sorted(answer), "entities": {world.name(e): e for e in mentioned}}
         return None
 
-    found = first_in_split(DOMAIN, seed, split, difficulty, draw, lambda c: c["question"])
+    found = first_in_split(DOMAIN, seed, split, difficulty, draw, lambda c: instruction_of(c["question"], c["entities"]))
     entities = found["entities"]
-    instruction = f"Question: {found['question']}\nEntities: [{', '.join(entities)}]"
+    instruction = instruction_of(found["question"], entities)
     ids_to_names = {v: k for k, v in entities.items()}
     payload = {
         "source": "procedural",
@@ -246,6 +246,11 @@ def generate_task(seed: int, split: str, difficulty: int) -> Task:
     }
     return Task(DOMAIN, make_task_id(DOMAIN, seed, split, difficulty), instruction, CONTEXT, payload, split,
                 difficulty)
+
+
+def instruction_of(question: str, entities: Sequence[str]) -> str:
+    """What the User says: the question and its entities' names, as AgentBench writes them."""
+    return f"Question: {question}\nEntities: [{', '.join(entities)}]"
 
 
 def _entities_in(expr: sexpr.SExpr) -> list[str]:
@@ -280,7 +285,7 @@ def load_agentbench(path: str) -> list[Task]:
             "answer": [str(a["answer_argument"]) for a in answers],
             "answer_names": [str(a.get("entity_name", a["answer_argument"])) for a in answers],
         }
-        instruction = f"Question: {record['question']}\nEntities: [{', '.join(entities)}]"
+        instruction = instruction_of(record["question"], entities)
         tasks.append(Task(DOMAIN, f"agentbench/{stem}/{i}", instruction, CONTEXT, payload, "test", 0))
     return tasks
 
