@@ -37,7 +37,7 @@ import gymnasium as gym
 import cmat_gym
 from cmat_gym import evaluation
 from cmat_gym.agents.openai_policy import PolicyRequestError
-from cmat_gym.agents.policies import POLICIES, Policy, is_model_policy, make_policy
+from cmat_gym.agents.policies import POLICIES, TRAIN_EXTRA_MODULES, Policy, is_model_policy, make_policy
 from cmat_gym.cmat.memory import ReflectionStore
 from cmat_gym.core.actions import ActionError
 from cmat_gym.core.domain import domain_of_env, registered_domains
@@ -609,6 +609,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PolicyRequestError as exc:
         sys.stderr.write(f"cmat-gym {args.command}: error: {exc}\n")
         return 1
+    except ModuleNotFoundError as exc:
+        # Language models (policies, LLM and learned checkers, serve) need the [train] extra.
+        if (exc.name or "").partition(".")[0] not in TRAIN_EXTRA_MODULES:
+            raise
+        sys.stderr.write(f"cmat-gym {args.command}: error: {exc.name} is not installed; language models need "
+                         "the [train] extra: pip install 'cmat-gym[train]'\n")
+        return 2
     except CLIError as exc:
         sys.stderr.write(f"cmat-gym {args.command}: error: {exc}\n")
         return 2

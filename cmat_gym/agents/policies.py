@@ -248,12 +248,11 @@ def make_policy(name: str, **kwargs: Any) -> Policy:
         raise ValueError(f"Expects a policy in {sorted(POLICIES)} or a model folder, actual {name!r}")
     module_name, _, attribute = target.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        factory: Callable[..., Policy] = getattr(importlib.import_module(module_name), attribute)
+        return factory(**kwargs)
     except ModuleNotFoundError as exc:
         # The language models need the [train] extra (torch, transformers, peft): say so in one line.
         if (exc.name or "").partition(".")[0] in TRAIN_EXTRA_MODULES:
             raise ImportError(f"policy {name!r} needs {exc.name}, which is not installed: "
                               "pip install 'cmat-gym[train]'") from exc
         raise
-    factory: Callable[..., Policy] = getattr(module, attribute)
-    return factory(**kwargs)
