@@ -46,20 +46,22 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm, trange
 
+from algorithms.checker_train import check_checker_flags, loop_checker
 from algorithms.common.checkpoint import atomic_write_text, replace_dir, save_adapter
 from algorithms.common.metrics import append_jsonl, json_safe, plot_learning_curve, read_jsonl, write_jsonl
 from algorithms.common.ppo_core import (
     PPOStats,
     ValueHead,
+    compute_advantages,
     entropy_from_logits,
     explained_variance,
     kl_penalty,
-    masked_gae,
     masked_mean,
-    masked_whiten,
+    normalize_advantages,
     policy_loss,
     selective_logprobs,
     token_rewards,
+    truncated_importance_weights,
     value_loss,
 )
 from algorithms.common.rollout import (
@@ -117,9 +119,11 @@ class Args:
 
     # ---- environment and rollouts
     checker: str = "rule"
-    """checker policy of the loop: rule (the domain's rule checker) or none"""
+    """checker policy of the loop: rule (the domain's rule checker), learned (needs --checker-adapter) or none"""
     checker_weight: float = 0.0
     """per-turn shaping reward = checker_weight * checker score (keep it below the task score's 1)"""
+    checker_adapter: str | None = None
+    """--checker learned: the folder written by python -m algorithms.checker_train (its score is the shaping)"""
     difficulty: int | None = None
     """task difficulty 1-3; default: drawn per episode"""
     episodes_per_iteration: int = 16
@@ -160,14 +164,15 @@ class Args:
     """AdamW weight decay"""
     ppo_epochs: int = 2
     """passes over each iteration's batch"""
-    minibatch_size: int = 8
-    """episodes per optimizer step"""
+    minibatch_size: int = 4
+    """episodes per optimizer step (default: 16 episodes x 2 epochs / 4 = 8 optimizer steps per iteration)"""
     micro_batch_size: int = 4
     """episodes per forward/backward (gradient accumulation up to minibatch_size)"""
     clip_coef: float = 0.2
     """PPO ratio clip"""
-    vf_clip_coef: float | None = 0.2
-    """value clip around the old values (None: unclipped)"""
+    vf_clip_coef: float | None = None
+    """value clip around the old values (None: unclipped). Absolute: 0.2 caps a zero-initialised critic at
+    |V| <= 0.2 for a whole iteration, so it is off by default"""
     vf_coef: float = 0.1
     """value-loss weight (small: the value head shares the policy's backbone)"""
     max_grad_norm: float = 1.0
@@ -175,15 +180,22 @@ class Args:
     gamma: float = 1.0
     """discount per action token"""
     gae_lambda: float = 0.95
-    """GAE lambda (does not decay across observation spans)"""
+    """the critic's GAE lambda, for its value targets (does not decay across observation spans)"""
+    policy_lambda: float = 1.0
+    """the policy's GAE lambda, for its advantages: 1 gives early turns full credit for the final reward
+    (per-token 0.95 scales it by ~0.05 sixty tokens back)"""
     kl_coef: float = 0.05
     """per-token KL(policy || reference) penalty in the reward"""
     kl_estimator: str = "k1"
     """KL estimator in the reward: k1, k2 or k3"""
     whiten_advantages: bool = True
-    """normalise advantages over the batch's action tokens"""
+    """normalise advantages over the batch's action tokens (a batch whose episodes all earned the same
+    return gets no policy update at all: whitening would scale its noise up to a full step)"""
+    tis_cap: float | None = 2.0
+    """truncated importance sampling: weight each token's surrogate by min(pi_trainer / pi_sampler, cap),
+    correcting the engine (merged bf16) vs trainer (unmerged LoRA) mismatch; None: off"""
     critic_warmup: int = 0
-    """first iterations that train only the value head and adapter through the value loss (no policy loss)"""
+    """first iterations that train only the value head (the adapter, shared with the policy, is frozen)"""
 
     # ---- evaluation and checkpoints
     eval_every: int = 0
@@ -213,7 +225,7 @@ def check_args(argv: Sequence[str]) -> Args:
     args = parse_args(argv)
     check_env_id(args.env)
     check_model(args.model)
-    check_choice(args.checker, ("rule", "none"), "--checker")
+    check_checker_flags(args.checker, args.checker_adapter)
     check_choice(args.peft, ("lora", "p-tuning"), "--peft")
     check_choice(args.kl_estimator, ("k1", "k2", "k3"), "--kl-estimator")
     check_difficulty(args.difficulty)
@@ -254,7 +266,12 @@ def reference_policy(model: Any, ref_adapter: str | None) -> Iterator[None]:
 
 
 def policy_forward(
-    model: Any, value_head: ValueHead | None, input_ids: Tensor, attention_mask: Tensor, start: int = 0
+    model: Any,
+    value_head: ValueHead | None,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    start: int = 0,
+    value_grad_to_backbone: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Logits ``[b, T - start, V]`` of positions ``start..T-1`` and values ``[b, T-1]`` (value of the state
     before token ``t+1``).
@@ -276,6 +293,8 @@ def policy_forward(
     values = None
     if value_head is not None:
         hidden = out.hidden_states[-1]
+        if not value_grad_to_backbone:  # critic warm-up: the value loss must not move the shared adapter
+            hidden = hidden.detach()
         values = value_head(hidden[:, hidden.shape[1] - length :])[:, :-1]
     return logits, values
 
@@ -312,10 +331,13 @@ def ppo_minibatch_loss(
     """
     if bool(batch["mask"][:, :start].any()):
         raise ValueError(f"action tokens before start={start}: their logits were not computed")
-    grid = {k: batch[k][:, start:] for k in ("mask", "old_logprobs", "old_values", "advantages", "returns")}
+    keys = ("mask", "old_logprobs", "old_values", "advantages", "returns", "tis_weights")
+    grid = {k: batch[k][:, start:] for k in keys if k in batch}
     mask = grid["mask"]
     logprobs = selective_logprobs(logits, input_ids[:, start:], temperature)
-    pg_loss, pg_stats = policy_loss(logprobs, grid["old_logprobs"], grid["advantages"], mask, clip_coef)
+    pg_loss, pg_stats = policy_loss(
+        logprobs, grid["old_logprobs"], grid["advantages"], mask, clip_coef, tis_weights=grid.get("tis_weights")
+    )
     v_loss, v_stats = value_loss(values[:, start:], grid["old_values"], grid["returns"], mask, vf_clip_coef)
     loss = pg_coef * pg_loss + vf_coef * v_loss
     with torch.no_grad():
@@ -545,13 +567,15 @@ def train(args: Args) -> TrainResult:
     params = [p for _, p in trainable] + list(value_head.parameters())
 
     # ---- environments: the single-agent CMAT loop (User and Checker fixed, only the Assistant acts)
+    checker = loop_checker(args.checker, args.checker_adapter, device)  # a learned one is loaded once
+
     def make_envs(n: int, split: str) -> list[Any]:
         kwargs: dict[str, Any] = {"split": split, "max_cycles": args.max_turns}
         if args.difficulty is not None:
             kwargs["difficulty"] = args.difficulty
         return [
             make_cmat(
-                args.env, checker=args.checker, memory=None, checker_weight=args.checker_weight, **kwargs
+                args.env, checker=checker, memory=None, checker_weight=args.checker_weight, **kwargs
             )
             for _ in range(n)
         ]
@@ -587,6 +611,11 @@ def train(args: Args) -> TrainResult:
         }
         if changed:  # allowed (e.g. a new learning rate), but the run is then no longer an exact continuation
             print(f"warning: resuming with changed arguments {changed} (saved, now)")
+        # the optimizer state carries the checkpoint's learning rates; the flags given now win
+        for group, lr in zip(optimizer.param_groups, (args.learning_rate, args.value_learning_rate), strict=True):
+            if group["lr"] != lr:
+                print(f"warning: --resume: learning rate {group['lr']:g} in the checkpoint, using {lr:g} now")
+                group["lr"] = lr
     elif args.resume:
         print(f"--resume: no checkpoint in {ckpt_root}, starting fresh")
     metrics = read_jsonl(out / "metrics.jsonl", start - 1)  # drop rows written after the checkpoint
@@ -701,9 +730,16 @@ def train(args: Args) -> TrainResult:
                 for e in train_eps
             ],
         )
-        advantages, returns = masked_gae(rewards, old_values, mask, args.gamma, args.gae_lambda)
-        if args.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+        advantages, returns = compute_advantages(
+            rewards, old_values, mask, args.gamma, critic_lambda=args.gae_lambda, policy_lambda=args.policy_lambda
+        )
+        episode_returns = torch.tensor([e.score + sum(e.turn_shaping()) for e in train_eps])
+        advantages, has_signal = normalize_advantages(
+            advantages, mask, episode_returns, whiten=args.whiten_advantages
+        )
+        tis_weights, tis_stats = truncated_importance_weights(
+            old_logprobs, batch["rollout_logprobs"][:, 1:], mask, cap=args.tis_cap or float("inf")
+        )
         tensors = {
             **batch,
             "mask": mask,
@@ -712,6 +748,8 @@ def train(args: Args) -> TrainResult:
             "advantages": advantages,
             "returns": returns,
         }
+        if args.tis_cap is not None:
+            tensors["tis_weights"] = tis_weights
         score_s = time.perf_counter() - t0
 
         # ============================================================================ UPDATE
@@ -720,8 +758,10 @@ def train(args: Args) -> TrainResult:
         model.train()
         stats = PPOStats()
         shuffle = torch.Generator().manual_seed(derive_seed(args.seed, 2, iteration))
-        pg_coef = 0.0 if iteration <= args.critic_warmup else 1.0
+        warmup = iteration <= args.critic_warmup
+        pg_coef = 0.0 if warmup else 1.0
         B = len(train_eps)
+        n_steps = 0
         for _epoch in range(args.ppo_epochs):
             for minibatch in torch.randperm(B, generator=shuffle).split(args.minibatch_size):
                 optimizer.zero_grad(set_to_none=True)
@@ -732,7 +772,8 @@ def train(args: Args) -> TrainResult:
                     start = first_logit_position(mb["action_mask"])
                     with autocast(device):
                         logits, values = policy_forward(
-                            model, value_head, mb["input_ids"], mb["attention_mask"], start
+                            model, value_head, mb["input_ids"], mb["attention_mask"], start,
+                            value_grad_to_backbone=not warmup,
                         )
                         loss, s = ppo_minibatch_loss(
                             logits,
@@ -748,8 +789,12 @@ def train(args: Args) -> TrainResult:
                         )
                     (loss * (mb["mask"].sum() / n_tokens.to(device))).backward()
                     stats.add(s)
+                if warmup:  # the critic warms up alone: the adapter is the policy, leave it untouched
+                    for _, p in trainable:
+                        p.grad = None
                 grad_norm = nn.utils.clip_grad_norm_(params, args.max_grad_norm)
                 optimizer.step()
+                n_steps += 1
                 stats.add(grad_norm=grad_norm)
         update_s = time.perf_counter() - t0
 
@@ -784,6 +829,10 @@ def train(args: Args) -> TrainResult:
             "vf_clipfrac": s["vf_clipfrac"],
             "explained_variance": float(explained_variance(old_values, returns, mask)),
             "grad_norm": s["grad_norm"],
+            "optimizer_steps": n_steps,
+            "policy_update": float(has_signal and not warmup),
+            "tis_weight_mean": float(tis_stats["tis_weight_mean"]),
+            "tis_clipfrac": float(tis_stats["tis_clipfrac"]),
         }
 
         # ============================================================================ EVAL
@@ -803,6 +852,7 @@ def train(args: Args) -> TrainResult:
         tqdm.write(
             f"it {iteration}: success {row['success_rate']:.3f} score {row['mean_score']:.3f} "
             f"kl_ref {row['kl_to_ref']:.4f} approx_kl {row['approx_kl']:.4f} clipfrac {row['clipfrac']:.3f} "
+            f"expl_var {row['explained_variance']} steps {n_steps}{'' if has_signal else ' (no signal: no policy step)'} "
             f"rollout {rollout_s:.1f}s update {update_s:.1f}s ({row['tokens_per_s']:.0f} tok/s)"
         )
 

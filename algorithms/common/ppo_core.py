@@ -48,6 +48,7 @@ from torch import Tensor, nn
 __all__ = [
     "PPOStats",
     "ValueHead",
+    "compute_advantages",
     "entropy_from_logits",
     "explained_variance",
     "kl_penalty",
@@ -56,9 +57,11 @@ __all__ = [
     "masked_mean",
     "masked_var",
     "masked_whiten",
+    "normalize_advantages",
     "policy_loss",
     "selective_logprobs",
     "token_rewards",
+    "truncated_importance_weights",
     "turn_end_mask",
     "value_loss",
 ]
@@ -198,6 +201,81 @@ def masked_gae(
     return advantages, returns
 
 
+def compute_advantages(
+    rewards: Tensor,
+    values: Tensor,
+    action_mask: Tensor,
+    gamma: float = 1.0,
+    critic_lambda: float = 0.95,
+    policy_lambda: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """``(advantages, returns)``: the policy's advantages with ``policy_lambda``, the critic's regression
+    targets with ``critic_lambda`` (both :func:`masked_gae`).
+
+    Why two λ's: λ is per *token* here, and a multi-turn episode is hundreds of action tokens long. With
+    λ = 0.95 and a critic that does not yet predict the outcome, the final reward reaches the first turn's
+    tokens ~60 tokens earlier scaled by 0.95**60 ~ 0.05, so early turns (the SQL that decided the episode)
+    get almost no credit. Multi-turn agent RL therefore uses λ = 1 for the actor (Monte-Carlo return minus
+    the value baseline: unbiased, the baseline still cuts variance) while the critic keeps a λ < 1 for
+    lower-variance targets (decoupled λ, as in VAPO's actor/critic split).
+    """
+    advantages, _ = masked_gae(rewards, values, action_mask, gamma, policy_lambda)
+    if critic_lambda == policy_lambda:
+        return advantages, torch.where(_as_bool_mask(action_mask, rewards), advantages + values.detach(), 0.0)
+    _, returns = masked_gae(rewards, values, action_mask, gamma, critic_lambda)
+    return advantages, returns
+
+
+def normalize_advantages(
+    advantages: Tensor,
+    mask: Tensor,
+    episode_returns: Tensor,
+    whiten: bool = True,
+    min_spread: float = 1e-6,
+) -> tuple[Tensor, bool]:
+    """The advantages the policy trains on, and whether the batch carries any signal.
+
+    A batch whose episodes all earned the same environment return (``episode_returns``: task score plus
+    checker shaping, e.g. every episode scored 0) says nothing about which actions were better; what is
+    left in its advantages is the KL penalty and the critic's error. Whitening would blow that noise up
+    to unit size and take a full policy step on it, so such a batch gets zero advantages (the policy
+    term has no gradient; the critic still trains on its returns). Otherwise the advantages are whitened
+    over the action tokens (or returned as they are with ``whiten=False``); masked entries become 0.
+    """
+    m = _as_bool_mask(mask, advantages)
+    returns = torch.as_tensor(episode_returns, dtype=torch.float64).reshape(-1)
+    has_signal = returns.numel() > 0 and float(returns.max() - returns.min()) > min_spread
+    if not has_signal:
+        return torch.zeros_like(advantages), False
+    if whiten:
+        return masked_whiten(advantages, m), True
+    return torch.where(m, advantages, torch.zeros_like(advantages)), True
+
+
+def truncated_importance_weights(
+    logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor, cap: float = 2.0
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Truncated importance sampling (TIS) weights ``min(pi_train(a) / pi_sampler(a), cap)`` per token.
+
+    The rollout engine samples with merged bf16 weights, the trainer scores with the unmerged LoRA model:
+    on GPUs the two policies differ slightly, so the batch is off-policy for the trainer's "old" policy.
+    Weighting each token's surrogate by the (capped) ratio corrects that bias (Yao et al., 2025, "Your
+    efficient RL framework secretly brings you off-policy RL training"); the cap bounds the variance. In
+    fp32 on a CPU both sides agree and every weight is ~1. Both inputs are detached; masked entries -> 0.
+
+    Returns ``(weights, stats)`` with ``tis_weight_mean`` and ``tis_clipfrac`` (fraction of tokens capped).
+    """
+    m = _as_bool_mask(mask, logprobs)
+    log_ratio = torch.where(m, (logprobs.detach() - sampler_logprobs.detach()).float(), 0.0)
+    ratio = torch.exp(log_ratio)
+    weights = torch.where(m, ratio.clamp(max=cap), 0.0)
+    stats = {
+        "tis_weight_mean": masked_mean(weights, m),
+        "tis_clipfrac": masked_mean((ratio > cap).float(), m),
+    }
+    return weights, stats
+
+
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     """``1 - Var(returns - values) / Var(returns)`` over action tokens (NaN if the returns are constant)."""
     m = _as_bool_mask(mask, values)
@@ -216,8 +294,12 @@ def policy_loss(
     advantages: Tensor,
     mask: Tensor,
     clip_eps: float = 0.2,
+    tis_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate loss, token-mean over action tokens.
+
+    ``tis_weights`` (from :func:`truncated_importance_weights`) multiply each token's clipped term: the
+    sampler/trainer mismatch correction. Treated as constants.
 
     ``loss = mean_t max(-A_t * r_t, -A_t * clip(r_t, 1 - eps, 1 + eps))`` with
     ``r_t = exp(logprobs_t - old_logprobs_t)``. ``old_logprobs`` and ``advantages`` are treated as
@@ -235,7 +317,10 @@ def policy_loss(
     adv = torch.where(m, advantages.detach(), zero)
     pg_unclipped = -adv * ratio
     pg_clipped = -adv * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    loss = masked_mean(torch.maximum(pg_unclipped, pg_clipped), m)
+    per_token = torch.maximum(pg_unclipped, pg_clipped)
+    if tis_weights is not None:
+        per_token = per_token * torch.where(m, tis_weights.detach().to(per_token.dtype), zero)
+    loss = masked_mean(per_token, m)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((pg_clipped > pg_unclipped).to(loss.dtype), m),
@@ -255,16 +340,18 @@ def value_loss(
     """Clipped value loss ``0.5 * mean_t max((V - R)^2, (V_clip - R)^2)`` over action tokens.
 
     ``V_clip = old_values + clip(values - old_values, -eps, eps)``; ``clip_eps=None`` disables clipping
-    (plain ``0.5 * MSE``). ``old_values`` and ``returns`` are treated as constants.
+    (plain ``0.5 * MSE``). ``old_values`` and ``returns`` are treated as constants. Computed in fp32
+    whatever the inputs' dtype (returns are not representable in bf16 to better than ~0.4%).
 
     Returns:
         ``(loss, stats)`` with detached ``vf_clipfrac`` (fraction of tokens where the clipped term wins).
     """
     m = _as_bool_mask(mask, values)
-    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    values = values.float()
+    zero = torch.zeros((), dtype=torch.float32, device=values.device)
     v = torch.where(m, values, zero)
-    old = torch.where(m, old_values.detach().to(values.dtype), zero)
-    ret = torch.where(m, returns.detach().to(values.dtype), zero)
+    old = torch.where(m, old_values.detach().float(), zero)
+    ret = torch.where(m, returns.detach().float(), zero)
     unclipped = (v - ret) ** 2
     if clip_eps is None:
         loss = 0.5 * masked_mean(unclipped, m)
@@ -401,7 +488,9 @@ class ValueHead(nn.Module):
         """``[..., H]`` hidden states -> ``[...]`` fp32 values."""
         weight = self.summary.weight.float()
         bias = self.summary.bias.float()
-        return F.linear(hidden_states.float(), weight, bias).squeeze(-1)
+        # autocast (bf16 on CUDA) would run this matmul in bf16 whatever its inputs: keep the head fp32
+        with torch.autocast(hidden_states.device.type, enabled=False):
+            return F.linear(hidden_states.float(), weight, bias).squeeze(-1)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -392,3 +392,117 @@ def test_ppo_stats():
     assert s.mean() == pytest.approx({"clipfrac": 0.1, "loss": 2.0})
     s.reset()
     assert s.mean() == {}
+
+
+# ----------------------------------------------------------------------------------------------- review fixes
+# (issue 14, item 1): each test below failed before its fix
+
+
+def two_turn_episode(turn_len: int = 30, obs_len: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """One episode: prompt(3) | turn 1 | observation | turn 2, final reward 1 on the last action token."""
+    mask = torch.tensor([[0] * 3 + [1] * turn_len + [0] * obs_len + [1] * turn_len])
+    rewards = torch.zeros(mask.shape)
+    rewards[0, -1] = 1.0
+    return rewards, mask
+
+
+def test_first_turn_gets_full_credit_with_the_policy_lambda():
+    """With per-token λ = 0.95 and an unfit (zero) critic, the reward ~60 tokens later reaches turn 1's
+    first token scaled by 0.95**59 ~ 0.05; the policy's λ (default 1) gives it the whole reward, while the
+    critic's value targets keep their own λ."""
+    from algorithms.common.ppo_core import compute_advantages
+
+    rewards, mask = two_turn_episode()
+    values = torch.zeros(mask.shape)  # a zero-initialised critic
+    first = int(mask[0].nonzero()[0])
+    old_adv, _ = masked_gae(rewards, values, mask, 1.0, 0.95)
+    assert float(old_adv[0, first]) == pytest.approx(0.95**59, rel=1e-5)  # the defect: ~0.048
+
+    adv, ret = compute_advantages(rewards, values, mask, gamma=1.0, critic_lambda=0.95, policy_lambda=1.0)
+    assert float(adv[0, first]) == pytest.approx(1.0)  # the first turn's SQL gets the final reward
+    assert torch.allclose(adv[mask.bool()], torch.ones(int(mask.sum())))
+    _, critic_ret = masked_gae(rewards, values, mask, 1.0, 0.95)
+    assert torch.equal(ret, critic_ret)  # value targets unchanged: λ = 0.95 for the critic
+    # the two λ's agree when set equal
+    adv95, _ = compute_advantages(rewards, values, mask, gamma=1.0, critic_lambda=0.95, policy_lambda=0.95)
+    assert torch.equal(adv95, old_adv)
+
+
+def test_value_head_and_loss_stay_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    head = ValueHead(16)
+    torch.nn.init.normal_(head.summary.weight)
+    hidden = torch.randn(2, 5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        values = head(hidden.to(torch.bfloat16))
+    assert values.dtype == torch.float32
+    expected = hidden.to(torch.bfloat16).float() @ head.summary.weight[0] + head.summary.bias
+    assert torch.allclose(values, expected, atol=1e-5)
+    # returns that bf16 cannot hold (8 bits of mantissa): the loss must not round them
+    returns = torch.full((2, 5), 1.001)
+    v = torch.ones(2, 5, requires_grad=True)
+    mask = torch.ones(2, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = value_loss(v, v.detach(), returns, mask, clip_eps=None)
+    assert loss.dtype == torch.float32
+    assert float(loss) == pytest.approx(0.5 * 0.001**2, rel=1e-3)
+
+
+def test_batch_without_signal_gives_no_policy_update():
+    """Every episode scored 0: whitening would turn the KL/critic noise into unit-size advantages."""
+    from algorithms.common.ppo_core import normalize_advantages
+
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    noise = 1e-3 * torch.randn(4, 6, generator=gen)  # KL penalty and critic error, no task signal
+    assert float(masked_whiten(noise, mask).std()) > 0.9  # the defect: a full-size update of noise
+    adv, has_signal = normalize_advantages(noise, mask, episode_returns=torch.zeros(4), whiten=True)
+    assert not has_signal and float(adv.abs().max()) == 0.0
+    adv, has_signal = normalize_advantages(noise, mask, episode_returns=torch.ones(4), whiten=True)
+    assert not has_signal and float(adv.abs().max()) == 0.0  # all solved: no signal either
+    adv, has_signal = normalize_advantages(noise, mask, episode_returns=torch.tensor([0, 1.0, 0, 0]))
+    assert has_signal and torch.allclose(adv, masked_whiten(noise, mask))
+    adv, has_signal = normalize_advantages(noise, mask, episode_returns=torch.tensor([0, 1.0, 0, 0]), whiten=False)
+    assert has_signal and torch.equal(adv, noise)
+
+
+def test_default_value_clip_lets_a_zero_critic_fit_a_fixed_batch():
+    """0.2-absolute clipping around the (zero) old values caps a fresh critic at |V| <= 0.2 for the whole
+    iteration; the trainer's default must let explained variance rise towards 1 on a fixed batch."""
+    from algorithms.ppo_train import Args
+
+    torch.manual_seed(0)
+    B, T, H = 8, 12, 16
+    features = torch.randn(B, T, H)
+    returns = (features[..., 0] > 0).float() * 2.0  # returns of size ~1-2, as a task score gives
+    mask = torch.ones(B, T)
+    head = ValueHead(H)
+    old_values = head(features).detach()  # zero: the critic at the start of the iteration
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    ev_start = float(explained_variance(old_values, returns, mask))
+    for _ in range(300):
+        loss, _ = value_loss(head(features), old_values, returns, mask, clip_eps=Args().vf_clip_coef)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ev_end = float(explained_variance(head(features).detach(), returns, mask))
+    assert ev_start <= 0.0 and ev_end > 0.6, (ev_start, ev_end)
+
+
+def test_truncated_importance_weights():
+    from algorithms.common.ppo_core import truncated_importance_weights
+
+    mask = torch.tensor([[0, 1, 1, 1, 0]], dtype=torch.bool)
+    trainer = torch.log(torch.tensor([[0.5, 0.5, 0.9, 0.1, 0.3]]))
+    sampler = torch.log(torch.tensor([[0.1, 0.5, 0.3, 0.2, 0.3]]))
+    weights, stats = truncated_importance_weights(trainer, sampler, mask, cap=2.0)
+    assert torch.allclose(weights[mask], torch.tensor([1.0, 2.0, 0.5]))  # 0.9/0.3 = 3 is capped at 2
+    assert float(weights[~mask].abs().max()) == 0.0
+    assert float(stats["tis_clipfrac"]) == pytest.approx(1 / 3)
+    assert float(stats["tis_weight_mean"]) == pytest.approx(3.5 / 3)
+    # the weights scale each token's policy-gradient term
+    logp = trainer.clone().requires_grad_(True)
+    adv = torch.ones_like(logp)
+    loss, _ = policy_loss(logp, trainer, adv, mask, tis_weights=weights)
+    loss.backward()
+    assert torch.allclose(logp.grad[mask], -weights[mask] / 3)

@@ -336,3 +336,39 @@ def test_cli_flags_map_to_args(capsys: pytest.CaptureFixture[str]) -> None:
         parse_args(["--help"])
     assert "per-turn shaping reward" in capsys.readouterr().out  # field docstrings are the help
     assert ppo_train.derive_seed(1, 2) == ppo_train.derive_seed(1, 2) != ppo_train.derive_seed(2, 1)
+
+
+# ----------------------------------------------------------------------------------------------- review fixes
+# (issue 14, item 1): each test below failed before its fix
+
+
+def test_critic_warmup_leaves_the_policy_unchanged(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    """Warm-up iterations train the value head only: no gradient reaches the shared adapter."""
+    result = main([*TINY, "--iterations", "1", "--critic-warmup", "1", "--output-dir", str(tmp_path / "w")])
+    adapter = read_adapter(tmp_path / "w")
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(float(v.abs().max()) == 0.0 for v in lora_b)  # LoRA B still 0: policy == base
+    assert float(result.value_head.summary.weight.abs().max()) > 0.0  # ... while the critic learned
+
+
+def test_resume_honours_a_new_learning_rate(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    out = tmp_path / "lr"
+    main([*TINY, "--iterations", "1", "--ppo-epochs", "1", "--output-dir", str(out)])
+    main([*TINY, "--iterations", "2", "--ppo-epochs", "1", "--output-dir", str(out), "--resume",
+          "--learning-rate", "5e-5", "--value-learning-rate", "7e-4"])
+    ckpt = out / "checkpoint" / (out / "checkpoint" / "latest").read_text().strip()
+    groups = torch.load(ckpt / "optimizer.pt", weights_only=True)["param_groups"]
+    assert [g["lr"] for g in groups] == [5e-5, 7e-4]
+
+
+def test_cpu_fp32_sampler_and_trainer_agree_so_tis_weights_are_one(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    main([*TINY, "--iterations", "1", "--ppo-epochs", "1", "--output-dir", str(tmp_path / "t")])
+    row = read_metrics(tmp_path / "t")[0]
+    assert row["logprob_mismatch_max"] < 1e-4
+    assert abs(row["tis_weight_mean"] - 1.0) < 1e-4 and row["tis_clipfrac"] == 0.0
+
+
+def test_default_update_takes_several_optimizer_steps() -> None:
+    args = Args()
+    steps = args.ppo_epochs * -(-args.episodes_per_iteration // args.minibatch_size)
+    assert steps >= 4
