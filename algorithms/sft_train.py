@@ -4,6 +4,8 @@
         --output-dir runs/sft-db --epochs 2 --device cuda
 
 then ``python -m algorithms.ppo_train ... --init-adapter runs/sft-db/adapter``. See docs/training.md.
+Or train on recorded episodes of any policy (``cmat-gym eval ... --save-trajectories DIR``) instead of
+collecting oracle ones: ``python -m algorithms.sft_train --dataset DIR --successful-only ...``.
 
 COLLECT -> DATASET -> TRAIN -> SAVE, top to bottom:
 
@@ -85,6 +87,10 @@ class Args:
     """show tqdm progress bars"""
 
     # ---- data collection
+    dataset: str | None = None
+    """train on a saved trajectory dataset (cmat-gym eval --save-trajectories DIR) instead of collecting"""
+    successful_only: bool = False
+    """with --dataset: keep only the successful episodes"""
     episodes: int = 200
     """oracle episodes to collect (one training example each)"""
     split: str = "train"
@@ -157,6 +163,8 @@ def check_args(argv: Sequence[str]) -> Args:
             raise ScriptError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
     if not args.epochs > 0:
         raise ScriptError(f"--epochs must be positive, got {args.epochs}")
+    if args.dataset is not None and not Path(args.dataset).is_dir():
+        raise ScriptError(f"--dataset: no saved dataset folder at {args.dataset}")
     return args
 
 
@@ -361,6 +369,43 @@ def collect(args: Args) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return records, stats
 
 
+def from_trajectories(args: Args) -> tuple[Any, dict[str, Any]]:
+    """The saved trajectory dataset ``args.dataset`` (:mod:`cmat_gym.trajectories`) in the format
+    :func:`to_dataset` makes, and its statistics.
+
+    An action the checker rejected or that the env reported as an error (e.g. unparsable) is a flawed turn:
+    it stays in the context, out of the loss (unless ``--loss-on-flawed``), as the collector's recovery turns.
+    Test-split episodes are refused (:class:`ScriptError`): SFT never trains on evaluation tasks.
+    """
+    from cmat_gym.trajectories import load_trajectories
+
+    full = load_trajectories(args.dataset)
+    dataset = load_trajectories(args.dataset, successful_only=args.successful_only)
+    if "test" in set(dataset["split"]):
+        raise ScriptError(f"--dataset: {args.dataset} holds test-split episodes; SFT never trains on evaluation "
+                          "tasks (record train-split episodes: cmat-gym eval --split train ...)")
+
+    def convert(row: dict[str, Any]) -> dict[str, Any]:
+        flawed = [2 + 2 * i for i, (verdict, error) in enumerate(zip(row["checker_verdicts"], row["errors"], strict=True))
+                  if verdict == "REJECT" or error is not None]  # assistant turn i is message 2 + 2i
+        metrics = json.loads(row["episode_metrics"]) if row["episode_metrics"] else {}
+        return {"recovery": bool(flawed) and row["success"], "flaw": "rejected_or_error" if flawed else "",
+                "flawed_turns": flawed, "reflections": int(metrics.get("reflections_used", 0))}
+
+    records = [{**{k: row[k] for k in ("messages", "task_id", "split", "difficulty", "seed", "success")},
+                **convert(row)} for row in dataset]
+    stats = {
+        "dataset": str(args.dataset),
+        "episodes": len(full),
+        "examples": len(records),
+        "dropped_unsuccessful": len(full) - len(records),
+        "recovery_episodes": sum(r["recovery"] for r in records),
+        "reflection_episodes": sum(r["reflections"] > 0 for r in records),
+        "assistant_turns": sum(m["role"] == "assistant" for r in records for m in r["messages"]),
+    }
+    return to_dataset(records), stats
+
+
 def to_dataset(records: list[dict[str, Any]]) -> Any:
     """The records as an HF dataset (explicit features, so empty lists keep their type)."""
     from datasets import Dataset, Features, List, Value
@@ -459,16 +504,22 @@ def train(args: Args) -> SFTResult:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
 
-    # ============================================================================ COLLECT
+    # ============================================================================ COLLECT (or a saved dataset)
+    (disable_progress_bars if not args.progress else enable_progress_bars)()
     t0 = time.perf_counter()
-    records, stats = collect(args)
-    if not records:
-        raise RuntimeError(f"no successful oracle episode out of {args.episodes}: nothing to train on")
+    if args.dataset is not None:
+        dataset, stats = from_trajectories(args)
+        if len(dataset) == 0:
+            raise RuntimeError(f"no episode to train on in {args.dataset} ({stats['episodes']} episodes, "
+                               f"successful only: {args.successful_only})")
+    else:
+        records, stats = collect(args)
+        if not records:
+            raise RuntimeError(f"no successful oracle episode out of {args.episodes}: nothing to train on")
+        dataset = to_dataset(records)
     collect_s = time.perf_counter() - t0
 
     # ============================================================================ DATASET
-    (disable_progress_bars if not args.progress else enable_progress_bars)()
-    dataset = to_dataset(records)
     dataset.save_to_disk(str(out / "dataset"))
 
     # ============================================================================ TRAIN

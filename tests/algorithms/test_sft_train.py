@@ -265,3 +265,59 @@ def test_cli_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
         assert flag in text
     args = sft_train.parse_args(["--difficulty", "2", "--no-progress", "--recovery-fraction", "0.5"])
     assert args.difficulty == 2 and args.progress is False and args.recovery_fraction == 0.5
+
+
+def _recorded(tmp_path: Path) -> Path:
+    """One oracle and four random-policy CMAT episodes on DB-v0 train tasks, recorded and saved."""
+    from cmat_gym.agents.policies import make_policy
+    from cmat_gym.evaluation import env_factory, run_episodes
+    from cmat_gym.trajectories import save_trajectories
+
+    build = env_factory("cmat/DB-v0", cmat=True)
+    oracle = run_episodes(build, make_policy("oracle"), 1, 0, progress=False, record=True)
+    random_ = run_episodes(build, make_policy("random", seed=3, domain="db"), 4, 100, progress=False, record=True)
+    return save_trajectories(oracle + random_, tmp_path / "trajectories", env_id="cmat/DB-v0", policy="mixed")
+
+
+def test_trains_from_a_recorded_dataset(tmp_path: Path) -> None:
+    from datasets import load_from_disk
+
+    path = _recorded(tmp_path)
+    recorded = load_from_disk(str(path))
+    successes = sum(recorded["success"])
+    assert 1 <= successes < len(recorded)  # the oracle's episode succeeds; most random ones fail
+    out = tmp_path / "sft"
+    result = main(["--dataset", str(path), "--successful-only", "--model", "tiny-random", "--device", "cpu",
+                   "--epochs", "1", "--max-seq-len", "512", "--batch-size", "4", "--lr", "1e-2", "--no-progress",
+                   "--output-dir", str(out)])
+    metrics = json.loads((out / "sft_metrics.json").read_text())
+    assert metrics["episodes"] == len(recorded) and metrics["examples"] == successes
+    assert metrics["dropped_unsuccessful"] == len(recorded) - successes
+    assert metrics["optimizer_steps"] >= 1 and metrics["loss_curve"] and metrics["trained_tokens"] > 0
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    trained = load_from_disk(str(out / "dataset"))
+    assert all(trained["success"]) and trained["messages"] == [
+        row["messages"] for row in recorded if row["success"]]
+    assert result.metrics["args"]["dataset"] == str(path)
+
+
+def test_recorded_rejections_are_flawed_turns(tmp_path: Path) -> None:
+    dataset, stats = sft_train.from_trajectories(Args(dataset=str(_recorded(tmp_path))))
+    assert stats["examples"] == stats["episodes"] == 5  # without --successful-only every episode stays
+    flawed = [(row["messages"], i) for row in dataset for i in row["flawed_turns"]]
+    assert flawed  # the random policy's rejected or unparsable actions
+    for messages, i in flawed:
+        assert messages[i]["role"] == "assistant"  # kept in the context, out of the loss
+        assert i + 1 == len(messages) or messages[i + 1]["content"].startswith("Error")
+
+
+def test_recorded_test_split_episodes_are_refused(tmp_path: Path) -> None:
+    from cmat_gym.agents.policies import make_policy
+    from cmat_gym.evaluation import env_factory, run_episodes
+    from cmat_gym.trajectories import save_trajectories
+
+    results = run_episodes(env_factory("cmat/DB-v0", split="test"), make_policy("oracle"), 1, 0, progress=False,
+                           record=True)
+    path = save_trajectories(results, tmp_path / "test-split")
+    with pytest.raises(sft_train.ScriptError, match="evaluation tasks"):
+        sft_train.from_trajectories(Args(dataset=str(path)))
