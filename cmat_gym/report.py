@@ -106,6 +106,7 @@ def write_html(results: Sequence[EpisodeResult], path: str | os.PathLike[str], *
     final = Path(path).absolute()
     final.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(final, render_html(results, **kwargs))
+    os.chmod(final, 0o644)  # the temp file was private (mkstemp's 0600); a report is for sharing
     return final
 
 

@@ -208,6 +208,7 @@ def save_trajectories(
     final = Path(path).absolute()
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp's folder is private (0700); the dataset is for sharing
     try:
         dataset.save_to_disk(str(tmp))
         replace_dir(tmp, final)
