@@ -19,6 +19,7 @@ Virtuoso's ``timeout`` parameter (milliseconds).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -51,6 +52,7 @@ def is_name(text: object) -> bool:
     return isinstance(text, str) and len(text) <= MAX_NAME_CHARS and NAME.fullmatch(text) is not None
 
 
+@functools.lru_cache(maxsize=8192)  # a world has a few hundred names; every step writes some of them
 def iri(name: str) -> str:
     """``<http://rdf.freebase.com/ns/name>`` for a validated ``name``; ValueError for anything else."""
     if not is_name(name):
@@ -98,6 +100,7 @@ class SPARQLBackend(ABC):
         self.max_rows = int(max_rows)
         self.truncated = False  # whether the last query hit max_rows
         self.queries = 0
+        self.log: list[str] | None = None  # set to a list to record every query run (benchmarks, audits)
 
     @abstractmethod
     def select(self, query: str, max_rows: int | None = None) -> list[tuple[str, ...]]:
@@ -131,6 +134,8 @@ class OxigraphBackend(SPARQLBackend):
     def select(self, query: str, max_rows: int | None = None) -> list[tuple[str, ...]]:
         cap = self.max_rows if max_rows is None else max_rows
         self.queries += 1
+        if self.log is not None:
+            self.log.append(query)
         deadline = time.perf_counter() + self.timeout_s
         try:
             solutions = self.store.query(query)
@@ -140,7 +145,6 @@ class OxigraphBackend(SPARQLBackend):
             raise QueryError(f"store error: {exc}") from None
         if not isinstance(solutions, ox.QuerySolutions):
             raise QueryError("Expects a SELECT query")
-        names = [v.value for v in solutions.variables]
         rows: list[tuple[str, ...]] = []
         self.truncated = False
         try:
@@ -148,7 +152,7 @@ class OxigraphBackend(SPARQLBackend):
                 if len(rows) >= cap:
                     self.truncated = True
                     break
-                rows.append(tuple(_ox_text(solution[name]) for name in names))
+                rows.append(tuple(_ox_text(term) for term in solution))
                 if i & 255 == 255 and time.perf_counter() > deadline:
                     raise QueryError(f"query timed out after {self.timeout_s:g} s")
         except (OSError, RuntimeError) as exc:
@@ -161,9 +165,13 @@ class OxigraphBackend(SPARQLBackend):
 def _ox_text(term: ox.NamedNode | ox.Literal | ox.BlankNode | None) -> str:
     if term is None:
         return ""
-    if isinstance(term, ox.NamedNode):
-        return local(term.value)
-    return term.value
+    value = term.value
+    if type(term) is ox.NamedNode and value.startswith(NS):
+        return value[_NS_LEN:]
+    return value
+
+
+_NS_LEN = len(NS)
 
 
 class SPARQLEndpoint(SPARQLBackend):
@@ -185,6 +193,8 @@ class SPARQLEndpoint(SPARQLBackend):
     def select(self, query: str, max_rows: int | None = None) -> list[tuple[str, ...]]:
         cap = self.max_rows if max_rows is None else max_rows
         self.queries += 1
+        if self.log is not None:
+            self.log.append(query)
         body = urllib.parse.urlencode({"query": query, "timeout": int(self.timeout_s * 1000)}).encode()
         request = urllib.request.Request(self.url, data=body, method="POST", headers={
             "Accept": "application/sparql-results+json",
