@@ -363,6 +363,9 @@ def serve(args: argparse.Namespace, *, err: Any = sys.stderr) -> int:
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                                            timeout_graceful_shutdown=30))
     err.write(f"cmat-gym serve: {name} at http://{args.host}:{args.port}/v1 (Ctrl-C to stop)\n")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        err.write("cmat-gym serve: warning: the API has no authentication; anyone who reaches "
+                  f"{args.host}:{args.port} can use the model\n")
     err.flush()
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that
     # was there before it: make that handler end the run normally, so that the generator is closed
