@@ -14,7 +14,8 @@ A row (Minari's convention for the step lists: ``observations`` has one more ent
   ``algorithms.sft_train`` and PPO use), the first observation as the user turn, then each action
   (``assistant``) and the observation it got (``user``, as :class:`~cmat_gym.agents.chat_agent.ChatAgent`
   shows it). The observation after the episode's last action is left out (nothing answers it), so a row
-  ends on the assistant's last turn, as the SFT collector's do.
+  ends on the assistant's last turn, as the SFT collector's do. It is the whole conversation: a
+  ChatAgent whose context window is full shows its model only the first and the latest turns.
 * ``tools``: the domain's tool schemas (``Grammar.tool_schemas()``) as a JSON string, the form TRL's
   ``SFTTrainer`` decodes for a ``tools`` column.
 * per step: ``actions``, ``observations``, ``rewards``, ``parsed_actions`` (JSON of the parsed call, None
