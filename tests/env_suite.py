@@ -10,6 +10,7 @@ import random
 import string
 import warnings
 from types import SimpleNamespace
+from typing import Any
 
 import gymnasium as gym
 from gymnasium.utils.env_checker import check_env
@@ -34,20 +35,21 @@ GARBAGE = ["", " ", "\x00\x01", "Action:", "Action: Answer", "```", "```\n", "{"
            "a" * 20_000, "\ud800", "Final Answer: [", "search[", "click[]", "get_relations()"]
 
 
-def check_gymnasium(domain: Domain) -> None:
-    """Gymnasium's ``check_env`` on the bare env and on the CMAT wrapper, both through ``gym.make``."""
+def check_gymnasium(domain: Domain, **env_kwargs: Any) -> None:
+    """Gymnasium's ``check_env`` on the bare env and on the CMAT wrapper, both through ``gym.make``
+    (``env_kwargs``, e.g. a task source, go to every env a check builds, here and below)."""
     for env_id in (domain.env_id, domain.cmat_env_id):
-        env = gym.make(env_id)
+        env = gym.make(env_id, **env_kwargs)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # check_env's advice about Text spaces
             check_env(env.unwrapped, skip_render_check=True)
         env.close()
 
 
-def check_pettingzoo(domain: Domain, num_cycles: int = 60) -> None:
+def check_pettingzoo(domain: Domain, num_cycles: int = 60, **env_kwargs: Any) -> None:
     """PettingZoo's api, parallel api, seed, max_cycles and render tests on the domain's CMAT loop."""
-    make_aec = functools.partial(aec_env, domain.env_id)
-    make_parallel = functools.partial(parallel_env, domain.env_id)
+    make_aec = functools.partial(aec_env, domain.env_id, **env_kwargs)
+    make_parallel = functools.partial(parallel_env, domain.env_id, **env_kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # api_test's advice for Box spaces
         api_test(make_aec(), num_cycles=num_cycles)
@@ -58,9 +60,9 @@ def check_pettingzoo(domain: Domain, num_cycles: int = 60) -> None:
         render_test(make_aec)
 
 
-def check_garbage_actions(domain: Domain, n_random: int = 200, seed: int = 0) -> None:
+def check_garbage_actions(domain: Domain, n_random: int = 200, seed: int = 0, **env_kwargs: Any) -> None:
     """Hand-picked and random garbage actions are observations in the space, never exceptions."""
-    env = gym.make(domain.env_id)
+    env = gym.make(domain.env_id, **env_kwargs)
     space = env.observation_space
     rng = random.Random(seed)
     alphabet = CHARSET + string.printable + "\u00e9\u4e2d\U0001f600"
@@ -76,16 +78,16 @@ def check_garbage_actions(domain: Domain, n_random: int = 200, seed: int = 0) ->
     env.close()
 
 
-def check_agents(domain: Domain, episodes: int = 6) -> None:
+def check_agents(domain: Domain, episodes: int = 6, **env_kwargs: Any) -> None:
     """The oracle solves every procedural task of both splits (bare and in the CMAT loop), and the
     random agent plays whole episodes in the domain's grammar without an exception."""
     for split in ("train", "test"):
         for cmat in (False, True):
-            results = run_episodes(env_factory(domain.env_id, cmat=cmat, split=split), OraclePolicy(), episodes,
-                                   seed=0, progress=False)
+            results = run_episodes(env_factory(domain.env_id, cmat=cmat, split=split, **env_kwargs), OraclePolicy(),
+                                   episodes, seed=0, progress=False)
             assert summarize(results)["success_rate"] == 1.0, (split, cmat, results)
-    results = run_episodes(env_factory(domain.env_id, cmat=True), RandomPolicy(0, domain=domain.name), episodes,
-                           seed=0, progress=False, batch_size=3)
+    results = run_episodes(env_factory(domain.env_id, cmat=True, **env_kwargs), RandomPolicy(0, domain=domain.name),
+                           episodes, seed=0, progress=False, batch_size=3)
     assert len(results) == episodes and all(r.steps >= 1 for r in results)
 
 

