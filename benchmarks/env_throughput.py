@@ -16,6 +16,11 @@ What is measured, per difficulty:
   median of its repeats on both sides, and the step ratio is the median over statements of
   (env median / baseline median).
 * **steps/s**, **resets/s**: all steps (including the final answer) and all resets of the run.
+* **phases** of the SQL step, each timed as the first thing after a reset as the step is: parsing
+  the action text, the sandboxed execution (the statement plus the sandbox's SQLite authorizer,
+  progress handler and Python around them) and formatting the result table; the **floor** line is
+  (sandboxed execution + table) / raw, per statement: what the step ratio cannot go below without
+  dropping the sandbox's hooks or the table the Assistant reads.
 
 * **CMAT loop** (same run, after the table): per Assistant step, the single-agent CMAT wrapper with
   the rule checker against the raw env, both replaying the oracle's actions
@@ -46,7 +51,7 @@ from cmat_overhead import format_overhead, measure_overhead  # sibling script (b
 import cmat_gym  # noqa: F401  (registers the envs)
 from cmat_gym.core.task import Task
 from cmat_gym.domains.db.backend import quote_ident
-from cmat_gym.domains.db.env import DBEnv, tables_of
+from cmat_gym.domains.db.env import DBEnv, format_result, tables_of
 from cmat_gym.domains.os.backend import is_available
 
 STEP_RATIO_TARGET = 2.0
@@ -112,6 +117,25 @@ def time_env_episode(env: gym.Env, task: Task, actions: Sequence[str]) -> tuple[
     return sql_times, step_times, bool(info.get("success"))
 
 
+def time_env_phases(env: gym.Env, task: Task, actions: Sequence[str]) -> list[tuple[float, float, float]]:
+    """The phases of each SQL step, each the first thing after a reset as in :func:`time_env_episode`:
+    (parsing the action text, the sandboxed execution, formatting the result table), in seconds."""
+    unwrapped = env.unwrapped
+    phases = []
+    for action in actions:
+        env.reset(options={"task": task})
+        started = time.perf_counter()
+        parsed = unwrapped.grammar.parse(action)
+        parsed_at = time.perf_counter()
+        if getattr(parsed, "kind", None) != "operation":
+            continue
+        result = unwrapped.sandbox.execute(parsed.value)
+        executed_at = time.perf_counter()
+        format_result(result)
+        phases.append((parsed_at - started, executed_at - parsed_at, time.perf_counter() - executed_at))
+    return phases
+
+
 def bench_difficulty(difficulty: int, episodes: int, repeats: int, split: str,
                      tasks_path: str | None = None) -> dict[str, Any]:
     """Every figure for one difficulty, or for the tasks of a file (see the module docstring)."""
@@ -134,10 +158,11 @@ def bench_difficulty(difficulty: int, episodes: int, repeats: int, split: str,
         tasks.append(task)
 
     statement_env, statement_raw, all_steps, sql_samples, failures = [], [], [], [], 0
+    statement_phases: list[tuple[float, float, float]] = []
     for task in tasks:
         actions = DBEnv.oracle_actions(task)
         statements = list(task.payload["gold_sql"])
-        env_runs, raw_runs = [], []
+        env_runs, raw_runs, phase_runs = [], [], []
         for _ in range(repeats):
             sql_times, step_times, success = time_env_episode(env, task, actions)
             failures += not success
@@ -145,9 +170,11 @@ def bench_difficulty(difficulty: int, episodes: int, repeats: int, split: str,
             all_steps.extend(step_times)
             sql_samples.extend(sql_times)
             raw_runs.append(time_raw_statements(task, statements))
+            phase_runs.append(time_env_phases(env, task, actions))
         for k in range(len(statements)):
             statement_env.append(statistics.median(run[k] for run in env_runs))
             statement_raw.append(statistics.median(run[k] for run in raw_runs))
+            statement_phases.append(tuple(statistics.median(run[k][p] for run in phase_runs) for p in range(3)))
     env.close()
 
     ratios = [e / r for e, r in zip(statement_env, statement_raw, strict=True) if r > 0]
@@ -168,6 +195,13 @@ def bench_difficulty(difficulty: int, episodes: int, repeats: int, split: str,
         "sql_step_p99_us": percentile(sql_samples, 99) * 1e6,
         "step_median_us": statistics.median(statement_env) * 1e6,
         "raw_median_us": statistics.median(statement_raw) * 1e6,
+        "parse_median_us": statistics.median(p[0] for p in statement_phases) * 1e6,
+        "sandbox_median_us": statistics.median(p[1] for p in statement_phases) * 1e6,
+        "format_median_us": statistics.median(p[2] for p in statement_phases) * 1e6,
+        # What a step cannot go below without dropping the sandbox's hooks or the result table:
+        # sandboxed execution + formatting, per statement, over the same raw execution.
+        "floor_ratio_median": statistics.median(
+            (p[1] + p[2]) / r for p, r in zip(statement_phases, statement_raw, strict=True) if r > 0),
         "step_ratio_median": statistics.median(ratios),
         "step_ratio_p90": percentile(ratios, 90),
     }
@@ -201,6 +235,10 @@ def report(rows: list[dict[str, Any]]) -> tuple[str, bool]:
         add("SQL step p50, us", r["sql_step_p50_us"], None)
         add("SQL step p99, us", r["sql_step_p99_us"], None)
         add("median SQL step, us (baseline: execute+fetchall)", r["step_median_us"], r["raw_median_us"])
+        add("  of which parsing the action, us", r["parse_median_us"], None)
+        add("  of which sandboxed execution, us", r["sandbox_median_us"], r["raw_median_us"])
+        add("  of which formatting the result table, us", r["format_median_us"], None)
+        lines.append(f"{'floor: (sandboxed execution + table) / raw':<48} {r['floor_ratio_median']:>10.2f}x")
         lines.append(f"{'per-statement step ratio, median (p90)':<48} {r['step_ratio_median']:>10.2f}x "
                      f"{'':>11} {'':>7}  <= {STEP_RATIO_TARGET:g}x "
                      f"{'PASS' if r['step_ratio_median'] <= STEP_RATIO_TARGET else 'FAIL'}"

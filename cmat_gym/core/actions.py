@@ -111,6 +111,17 @@ class ParsedAction:
     tool: str = ""
     args: Mapping[str, Any] = field(default_factory=dict)
 
+    def __init__(self, kind: str, value: Any, source: str, tool: str = "",
+                 args: Mapping[str, Any] | None = None) -> None:
+        # Written by hand (dataclass keeps a class's own __init__): the generated frozen __init__ calls
+        # object.__setattr__ once per field, 2-2.5x slower, and every step builds one of these.
+        fields = self.__dict__
+        fields["kind"] = kind
+        fields["value"] = value
+        fields["source"] = source
+        fields["tool"] = tool
+        fields["args"] = {} if args is None else args
+
     def to_dict(self) -> dict[str, Any]:
         """The call as a JSON-ready dict (for ``info["parsed_action"]``; it shares this object's values:
         every parse makes new ones, so nothing else holds them)."""
@@ -229,6 +240,12 @@ class Grammar:
         if tool is None:
             known = ", ".join(f"'{t.name}'" for t in self.tools)
             return ActionError(f"Unknown tool '{name}': expects one of {known}. " + self.help())
+        if type(args) is list and len(args) == 1 and len(tool.args) == 1 and tool.kind == OPERATION:
+            # The common case, one text argument of a one-argument operation (every text protocol's
+            # operation), checked without the general loop below: this runs on every step.
+            arg, raw = tool.args[0], args[0]
+            if arg.type == "string" and type(raw) is str and (value := raw.strip()):
+                return ParsedAction(OPERATION, value, source, name, {arg.name: value})
         if isinstance(args, list | tuple):
             if len(args) > len(tool.args):
                 return ActionError(f"'{name}' takes {len(tool.args)} argument(s), actual {len(args)}. "
@@ -398,15 +415,15 @@ _FENCE_HEADER = re.compile(r"[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n?")
 _FINAL_ANSWER = re.compile(r"Final\s*+Answer\s*+\**+\s*+[:：]\s*+\**+\s*+(.*)", re.IGNORECASE | re.DOTALL)
 
 
-def fenced_code(text: str, languages: Sequence[str]) -> str | None:
-    """The body of the first fenced block with no language or one of ``languages``.
+def fenced_code(text: str, languages: Sequence[str], start: int = 0) -> str | None:
+    """The body of the first fenced block, at or after ``start``, with no language or one of ``languages``.
 
     Written with ``str.find`` rather than one DOTALL regex: this runs on every step, and the regex
     was the slowest part of a step.
     """
-    pos = 0
-    while (start := text.find("```", pos)) >= 0:
-        header = _FENCE_HEADER.match(text, start + 3)
+    pos = start
+    while (fence := text.find("```", pos)) >= 0:
+        header = _FENCE_HEADER.match(text, fence + 3)
         lang, body_start = header.group(1).lower(), header.end()
         accepted = not lang or lang in languages
         end = text.find("```", body_start)
@@ -455,7 +472,7 @@ class BlockProtocol:
         else:
             return None
         if kind == self.word.lower():
-            code = fenced_code(text[match.end():] if match else text, self.languages)
+            code = fenced_code(text, self.languages, match.end() if match else 0)
             if code is None:
                 return ActionError(f"'{self.header}: {self.word}' must be followed by one fenced code block. "
                                    + grammar.help())

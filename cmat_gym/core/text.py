@@ -19,6 +19,10 @@ _RANGES = ((0x00A1, 0x024F), (0x0370, 0x03FF), (0x0400, 0x04FF), (0x2010, 0x205E
 CHARSET: str = "".join(sorted(set(string.printable) - set("\r\x0b\x0c"))) + "".join(
     chr(c) for lo, hi in _RANGES for c in range(lo, hi + 1) if chr(c).isprintable() and c != 0x00AD)
 _ALLOWED = frozenset(CHARSET)
+# The ASCII part of the charset as bytes: ``bytes.translate(None, delete=...)`` deletes them in C, so an
+# ASCII text is clean when nothing is left (0.2 us for a small result table, against 1.1 us for a
+# frozenset scan; sanitising runs on every observation).
+_ALLOWED_ASCII = bytes(sorted(ord(c) for c in _ALLOWED if c.isascii()))
 REPLACEMENT = "?"
 TRUNCATION_MARKER = "\n...[truncated {n} characters]"
 
@@ -35,8 +39,12 @@ def sanitize(text: str, max_length: int) -> str:
     """Map ``text`` into :data:`CHARSET` and cut it to ``max_length`` with a visible marker."""
     if not isinstance(text, str):
         text = str(text)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if not _ALLOWED.issuperset(text):
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if text.isascii():
+        if text.encode("ascii").translate(None, _ALLOWED_ASCII):  # some control character is left
+            text = "".join(c if c in _ALLOWED else REPLACEMENT for c in text)
+    elif not _ALLOWED.issuperset(text):
         text = "".join(c if c in _ALLOWED else REPLACEMENT for c in text)
     if len(text) > max_length:
         # Size the marker for the worst case first, then state the exact number of cut characters.

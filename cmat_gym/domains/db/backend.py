@@ -325,19 +325,25 @@ class SQLiteSandbox:
     # -------------------------------------------------------------- execution
     def execute(self, sql: str) -> QueryResult:
         """Run one untrusted statement under every limit; errors come back in ``error``."""
-        conn = self.conn
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("Expects a loaded database, actual: none (call load() first)")
         started = time.perf_counter()
         self._deadline = started + self.timeout_s
         self._rss_base = 0
         self._cancelled = False
-        result = QueryResult()
+        # Every field given (no default factories) and one object: this runs on every step.
+        result = QueryResult([], [], -1, None, False, 0.0)
         try:
             cursor = conn.execute(sql)
-            if cursor.description:
-                result.columns = [d[0] for d in cursor.description]
+            description = cursor.description
+            if description:
+                result.columns = [d[0] for d in description]
                 rows = cursor.fetchmany(self.max_rows + 1)
-                result.more_rows = len(rows) > self.max_rows
-                result.rows = rows[: self.max_rows]  # already tuples: no row_factory is set
+                if len(rows) > self.max_rows:
+                    result.more_rows = True
+                    rows = rows[: self.max_rows]
+                result.rows = rows  # already tuples: no row_factory is set
             result.rowcount = cursor.rowcount
         except sqlite3.OperationalError as exc:
             message = str(exc)

@@ -209,14 +209,24 @@ def format_result(result: QueryResult) -> str:
     if not result.is_query:
         n = result.rowcount
         return f"Query OK, {n} row{'s' if n != 1 else ''} affected." if n >= 0 else "Query OK."
-    header = [_cell(c) for c in result.columns]
-    body = [[_cell(v) for v in row] for row in result.rows]
-    # One format string per table (not one ljust per cell): this runs on every step.
-    widths = [max(map(len, column)) for column in zip(header, *body, strict=True)]
+    rows = result.rows
+    width, n = len(result.columns), len(rows)
+    # One pass over every cell (header included) as flat text, the cell rules (NULL, blobs, newlines,
+    # length) applied per cell only when the whole table needs them, and one format call for the
+    # table: this runs on every step, and per-cell calls were most of a small result's formatting.
+    texts = list(result.columns)
+    for row in rows:
+        texts += row
+    texts = [v if type(v) is str else "NULL" if v is None else _cell(v) if type(v) is bytes else str(v)
+             for v in texts]
+    joined = "".join(texts)
+    if "\n" in joined or "\t" in joined or max(map(len, texts)) > MAX_CELL_CHARS:
+        texts = [_cell(t) for t in texts]
+    widths = [max(map(len, texts[c::width])) for c in range(width)]
     row_format = "| " + " | ".join([f"{{:<{w}}}" for w in widths]) + " |"
     rule = "+" + "+".join(["-" * (w + 2) for w in widths]) + "+"
-    lines = [rule, row_format.format(*header), rule, *[row_format.format(*row) for row in body], rule]
-    n = len(body)
+    table = (f"{row_format}\n{rule}" + f"\n{row_format}" * n).format(*texts)
+    lines = [rule, table, rule]
     if result.more_rows:
         lines.append(f"{n} rows shown; more rows were cut (add LIMIT or aggregate).")
     else:
