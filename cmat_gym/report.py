@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from algorithms.common.checkpoint import atomic_write_text
+from cmat_gym.core.files import atomic_write_text
 from cmat_gym.evaluation import EpisodeResult, summarize, summarize_cmat
 from cmat_gym.trajectories import Step, Trajectory
 

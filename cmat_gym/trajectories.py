@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from algorithms.common.checkpoint import replace_dir
+from cmat_gym.core.files import replace_dir
 
 if TYPE_CHECKING:
     from cmat_gym.evaluation import EpisodeResult

@@ -4,39 +4,19 @@ A run can be killed at any moment (a preempted job, Ctrl-C); whatever it leaves 
 old complete file/folder or the new complete one, never half of one. Every writer here therefore builds
 its output under a temporary name in the same directory and ``os.replace``-s it into place.
 
-Torch-free: the adapter is written through the model's own ``save_pretrained``.
+Torch-free: the adapter is written through the model's own ``save_pretrained``. The two generic writers
+live in :mod:`cmat_gym.core.files` (the package uses them too) and are re-exported here.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from cmat_gym.core.files import atomic_write_text, replace_dir
+
 __all__ = ["atomic_write_text", "replace_dir", "save_adapter"]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished folder ``tmp`` to ``final``, replacing any old one (rename, then delete the old)."""
-    old = None
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent)) / final.name
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old.parent, ignore_errors=True)
 
 
 def save_adapter(model: Any, path: Path) -> None:
