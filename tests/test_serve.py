@@ -178,3 +178,40 @@ def test_tool_call_text_becomes_tool_calls() -> None:
     for text in ("SELECT 1", '{"name": "rm_rf", "arguments": {}}', "{broken", '{"name": "execute_sql"'):
         assert extract_tool_call(text, names) is None
     assert extract_tool_call('{"name": "execute_sql", "arguments": {}}', set()) is None
+
+
+class GatedLM:
+    """The real LMPolicy behind a gate: its first generation waits until the test opens the gate, so the
+    requests submitted meanwhile are waiting together when the worker is next free."""
+
+    def __init__(self, lm: LMPolicy) -> None:
+        import threading
+
+        self.lm, self.gate = lm, threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.lm, name)
+
+    def act_messages(self, *args: Any, **kwargs: Any) -> list[Any]:
+        assert self.gate.wait(60)
+        return self.lm.act_messages(*args, **kwargs)
+
+
+def test_requests_waiting_together_are_decoded_in_one_batch(client: tuple[TestClient, BatchGenerator]) -> None:
+    gated = GatedLM(client[1].lm)
+    generator = BatchGenerator(gated, max_batch=4)
+    try:
+        conversation = [{"role": "user", "content": "Count the rows."}]
+        first = generator.submit(conversation, {"max_new_tokens": 3, "temperature": 0.0})
+        deadline = time.monotonic() + 30
+        while not generator.batches and time.monotonic() < deadline:  # the worker has taken the first one
+            time.sleep(0.01)
+        rest = [generator.submit(conversation, {"max_new_tokens": 3, "temperature": 0.0}) for _ in range(3)]
+        other = generator.submit(conversation, {"max_new_tokens": 2, "temperature": 0.0})  # other settings
+        gated.gate.set()
+        completions = [f.result(timeout=60) for f in (first, *rest, other)]
+    finally:
+        generator.close()
+    assert generator.batches == [1, 3, 1]
+    assert len({c.text for c in completions[1:4]}) == 1  # greedy: the batched rows agree
+    assert len(completions[4].completion_ids) <= 2
