@@ -95,6 +95,8 @@ class Args:
     """oracle episodes to collect (one training example each)"""
     split: str = "train"
     """task split to collect from; only train is accepted (the test split is for evaluation)"""
+    env_kwargs: str | None = None
+    """more keyword arguments of the domain env, as a JSON object (e.g. a task source: '{"source": "real"}')"""
     difficulty: int | None = None
     """task difficulty 1-3; default: drawn per episode"""
     checker: str = "rule"
@@ -155,6 +157,8 @@ def check_args(argv: Sequence[str]) -> Args:
     check_choice(args.checker, ("rule", "none"), "--checker")
     check_choice(args.split, ("train",), "--split")  # SFT never trains on evaluation tasks
     check_difficulty(args.difficulty)
+    if args.env_kwargs is not None and not isinstance(json.loads(args.env_kwargs), dict):
+        raise ValueError(f"Expects --env-kwargs to be a JSON object, actual {args.env_kwargs!r}")
     check_at_least(args, 1, "episodes", "max_turns", "lora_r", "max_seq_len", "batch_size", "grad_accum",
                    "logging_steps")
     check_at_least(args, 0, "reflection_sources", "memory_k")
@@ -267,7 +271,7 @@ def populate_reflections(args: Args, store: Any) -> int:
 
 
 def _env_kwargs(args: Args) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"split": args.split}
+    kwargs: dict[str, Any] = {**json.loads(args.env_kwargs or "{}"), "split": args.split}
     if args.max_turns is not None:
         kwargs["max_cycles"] = args.max_turns
     return kwargs
