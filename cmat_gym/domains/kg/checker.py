@@ -8,7 +8,9 @@ entity names, the store's relations), never the task payload's answer or actions
    the env runs, so checker and env never disagree): an unbound variable, an unknown entity, a
    relation or attribute the entity or variable does not have (with the closest valid names,
    difflib), an intersection of variables of different types, a count used as a set;
-3. a final answer naming a variable never bound, or a variable that has no member.
+3. a call whose dry run (the same call, nothing bound) lists no relations or attributes, or would
+   bind a variable with no entities (an intersection of disjoint sets: a wrong path);
+4. a final answer naming a variable never bound, or a variable that has no member.
 
 :class:`KGHooks` gives the loop its hindsight: an executed call was fine when it ran, and a call
 that lists relations/attributes listed some and one that binds a variable bound a non-empty set.
@@ -49,9 +51,14 @@ class KGRuleChecker(Checker):
             return Verdict(True, "", 0.5)
         if parsed.kind == ANSWER:
             return self._review_answer(kg, parsed)
-        check = kg.check_call(parsed)
-        if check.error is not None:
-            return Verdict(False, check.error, 0.1)
+        fine, text = kg.dry_run(parsed)
+        if not fine:
+            if "cannot be executed" in text:
+                return Verdict(False, text, 0.1)
+            what = "lists nothing" if parsed.tool in ("get_relations", "get_attributes") else \
+                "would bind a variable with no entities"
+            return Verdict(False, f"{parsed.tool}({', '.join(map(str, parsed.args.values()))}) {what}: take "
+                                  "another relation or variable.", 0.2)
         return Verdict(True, "", 0.9)
 
     @staticmethod
