@@ -52,14 +52,13 @@ from algorithms.common.metrics import append_jsonl, json_safe, plot_learning_cur
 from algorithms.common.ppo_core import (
     PPOStats,
     ValueHead,
+    action_logprobs,
     compute_advantages,
-    entropy_from_logits,
     explained_variance,
     kl_penalty,
     masked_mean,
     normalize_advantages,
     policy_loss,
-    selective_logprobs,
     token_rewards,
     truncated_importance_weights,
     value_loss,
@@ -194,6 +193,8 @@ class Args:
     tis_cap: float | None = 2.0
     """truncated importance sampling: weight each token's surrogate by min(pi_trainer / pi_sampler, cap),
     correcting the engine (merged bf16) vs trainer (unmerged LoRA) mismatch; None: off"""
+    logprob_chunk_size: int = 512
+    """action positions per LM-head chunk when computing log-probs (memory: chunk x vocab fp32 logits)"""
     critic_warmup: int = 0
     """first iterations that train only the value head (the adapter, shared with the policy, is frozen)"""
 
@@ -231,7 +232,7 @@ def check_args(argv: Sequence[str]) -> Args:
     check_difficulty(args.difficulty)
     check_at_least(args, 1, "iterations", "episodes_per_iteration", "max_turns", "max_new_tokens", "max_seq_len",
                    "rollout_batch", "lora_r", "num_virtual_tokens", "ppo_epochs", "minibatch_size",
-                   "micro_batch_size", "checkpoint_every")
+                   "micro_batch_size", "checkpoint_every", "logprob_chunk_size")
     check_at_least(args, 0, "eval_every", "eval_episodes", "critic_warmup")
     return args
 
@@ -265,90 +266,82 @@ def reference_policy(model: Any, ref_adapter: str | None) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+@dataclass
+class Forward:
+    """What one forward of the policy gives on a micro-batch, all ``[b, T-1]`` fp32 on the shifted grid."""
+
+    logprobs: Tensor
+    """log-prob of each action token (0 elsewhere)"""
+    values: Tensor | None
+    """V of the state before token ``t+1`` (None without a value head)"""
+    entropy: Tensor | None
+    """detached entropy of the next-token distribution at action positions (None unless asked)"""
+
+
 def policy_forward(
     model: Any,
     value_head: ValueHead | None,
     input_ids: Tensor,
     attention_mask: Tensor,
-    start: int = 0,
+    mask: Tensor,
+    *,
+    temperature: float,
+    chunk_size: int = 512,
+    with_entropy: bool = False,
     value_grad_to_backbone: bool = True,
-) -> tuple[Tensor, Tensor | None]:
-    """Logits ``[b, T - start, V]`` of positions ``start..T-1`` and values ``[b, T-1]`` (value of the state
-    before token ``t+1``).
+) -> Forward:
+    """Log-probs of the action tokens (``mask``: ``[b, T-1]``, shifted grid) and values, from one forward.
 
-    One forward of the shared backbone; the value head reads the last hidden layer. Only the logits that
-    score action tokens are needed, so the LM head runs from ``start`` on (``logits_to_keep``): the prompt,
-    often most of an episode's tokens, never reaches the ``[*, vocab]`` matmul. Prompt-learning adapters
-    prepend virtual tokens; their positions are cut off so outputs align with ``input_ids``.
+    The LM body runs once and the LM head is skipped there (``logits_to_keep=1``); the head then runs only
+    at action positions, in checkpointed chunks of ``chunk_size`` rows (``ppo_core.action_logprobs``), so
+    no ``[b, T, vocab]`` fp32 logits ever exist. The value head reads the same last hidden layer (shared
+    backbone). Prompt-learning adapters prepend virtual tokens; their positions are cut off so outputs
+    align with ``input_ids``.
     """
     length = input_ids.shape[1]
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        output_hidden_states=value_head is not None,
+        output_hidden_states=True,
         use_cache=False,
-        logits_to_keep=length - start,
+        logits_to_keep=1,
     )
-    logits = out.logits[:, -(length - start) :]
+    hidden = out.hidden_states[-1]
+    hidden = hidden[:, hidden.shape[1] - length :]
+    logprobs, entropy = action_logprobs(
+        hidden, model.get_output_embeddings(), input_ids, mask, temperature, chunk_size, with_entropy
+    )
     values = None
     if value_head is not None:
-        hidden = out.hidden_states[-1]
-        if not value_grad_to_backbone:  # critic warm-up: the value loss must not move the shared adapter
-            hidden = hidden.detach()
-        values = value_head(hidden[:, hidden.shape[1] - length :])[:, :-1]
-    return logits, values
-
-
-def first_logit_position(action_mask: Tensor) -> int:
-    """The first position whose logits score an action token (``min`` over rows of first action - 1)."""
-    rows = action_mask.any(dim=1)
-    if not bool(rows.any()):
-        return 0
-    first = action_mask[rows].float().argmax(dim=1)
-    return max(int(first.min()) - 1, 0)
+        # critic warm-up: the value loss must not move the shared adapter (which is the policy)
+        values = value_head(hidden if value_grad_to_backbone else hidden.detach())[:, :-1]
+    return Forward(logprobs=logprobs, values=values, entropy=entropy)
 
 
 def ppo_minibatch_loss(
-    logits: Tensor,
+    logprobs: Tensor,
     values: Tensor,
-    input_ids: Tensor,
     batch: dict[str, Tensor],
     *,
-    temperature: float,
     clip_coef: float,
     vf_clip_coef: float | None,
     vf_coef: float,
     pg_coef: float = 1.0,
-    start: int = 0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``pg_coef * clipped policy loss + vf_coef * clipped value loss`` of one micro-batch.
 
-    ``logits`` ``[b, T - start, V]`` (positions ``start..T-1``) and ``values`` ``[b, T-1]`` come from
-    :func:`policy_forward`; ``batch`` holds ``[b, T-1]`` tensors on the shifted grid (index ``t`` scores
-    token ``t+1``): ``mask`` (action tokens), ``old_logprobs``, ``old_values``, ``advantages``,
-    ``returns``; ``mask`` must be 0 before ``start``. Positions with ``mask == 0`` (prompt, observations,
-    padding) contribute neither loss nor gradient.
+    ``logprobs`` and ``values`` ``[b, T-1]`` come from :func:`policy_forward`; ``batch`` holds ``[b, T-1]``
+    tensors on the shifted grid (index ``t`` scores token ``t+1``): ``mask`` (action tokens),
+    ``old_logprobs``, ``old_values``, ``advantages``, ``returns`` and optionally ``tis_weights``.
+    Positions with ``mask == 0`` (prompt, observations, padding) contribute neither loss nor gradient.
     """
-    if bool(batch["mask"][:, :start].any()):
-        raise ValueError(f"action tokens before start={start}: their logits were not computed")
-    keys = ("mask", "old_logprobs", "old_values", "advantages", "returns", "tis_weights")
-    grid = {k: batch[k][:, start:] for k in keys if k in batch}
-    mask = grid["mask"]
-    logprobs = selective_logprobs(logits, input_ids[:, start:], temperature)
+    mask = batch["mask"]
     pg_loss, pg_stats = policy_loss(
-        logprobs, grid["old_logprobs"], grid["advantages"], mask, clip_coef, tis_weights=grid.get("tis_weights")
+        logprobs, batch["old_logprobs"], batch["advantages"], mask, clip_coef, tis_weights=batch.get("tis_weights")
     )
-    v_loss, v_stats = value_loss(values[:, start:], grid["old_values"], grid["returns"], mask, vf_clip_coef)
+    v_loss, v_stats = value_loss(values, batch["old_values"], batch["returns"], mask, vf_clip_coef)
     loss = pg_coef * pg_loss + vf_coef * v_loss
-    with torch.no_grad():
-        entropy = entropy_from_logits(logits[:, :-1][mask].detach().float(), temperature)
-        stats = {
-            "policy_loss": pg_loss.detach(),
-            "value_loss": v_loss.detach(),
-            "entropy": entropy.mean() if entropy.numel() else torch.zeros(()),
-            **pg_stats,
-            **v_stats,
-        }
+    stats = {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(), **pg_stats, **v_stats}
     return loss, stats
 
 
@@ -372,6 +365,7 @@ def score_episodes(
     micro_batch_size: int,
     ref_adapter: str | None,
     device: torch.device,
+    chunk_size: int = 512,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Policy log-probs, values and reference log-probs, each ``[B, T-1]`` on the shifted grid."""
     B, T = batch["input_ids"].shape
@@ -379,19 +373,15 @@ def score_episodes(
     for rows in torch.arange(B).split(micro_batch_size):
         mb, length = trim({k: batch[k] for k in ("input_ids", "attention_mask", "action_mask")}, rows)
         ids, att = mb["input_ids"].to(device), mb["attention_mask"].to(device)
-        start = first_logit_position(mb["action_mask"])
+        mask = mb["action_mask"][:, 1:].to(device)
         with autocast(device):
-            logits, v = policy_forward(model, value_head, ids, att, start)
-            logprobs[rows, start : length - 1] = (
-                selective_logprobs(logits, ids[:, start:], temperature).float().cpu()
-            )
-            values[rows, : length - 1] = v.float().cpu()
-            del logits
+            fwd = policy_forward(model, value_head, ids, att, mask, temperature=temperature, chunk_size=chunk_size)
+            logprobs[rows, : length - 1] = fwd.logprobs.cpu()
+            values[rows, : length - 1] = fwd.values.float().cpu()
+            del fwd
             with reference_policy(model, ref_adapter):
-                ref_logits, _ = policy_forward(model, None, ids, att, start)
-            ref_logprobs[rows, start : length - 1] = (
-                selective_logprobs(ref_logits, ids[:, start:], temperature).float().cpu()
-            )
+                ref = policy_forward(model, None, ids, att, mask, temperature=temperature, chunk_size=chunk_size)
+            ref_logprobs[rows, : length - 1] = ref.logprobs.cpu()
     return logprobs, values, ref_logprobs
 
 
@@ -717,6 +707,7 @@ def train(args: Args) -> TrainResult:
             micro_batch_size=args.micro_batch_size,
             ref_adapter=ref_adapter,
             device=device,
+            chunk_size=args.logprob_chunk_size,
         )
         mismatch = (old_logprobs - batch["rollout_logprobs"][:, 1:]).abs()[mask]
         kl = kl_penalty(old_logprobs, ref_logprobs, args.kl_estimator)  # type: ignore[arg-type]
@@ -769,24 +760,22 @@ def train(args: Args) -> TrainResult:
                 for rows in minibatch.split(args.micro_batch_size):
                     mb, _ = trim(tensors, rows)
                     mb = {k: v.to(device) for k, v in mb.items()}
-                    start = first_logit_position(mb["action_mask"])
                     with autocast(device):
-                        logits, values = policy_forward(
-                            model, value_head, mb["input_ids"], mb["attention_mask"], start,
+                        fwd = policy_forward(
+                            model, value_head, mb["input_ids"], mb["attention_mask"], mb["mask"],
+                            temperature=args.temperature, chunk_size=args.logprob_chunk_size, with_entropy=True,
                             value_grad_to_backbone=not warmup,
                         )
                         loss, s = ppo_minibatch_loss(
-                            logits,
-                            values,
-                            mb["input_ids"],
+                            fwd.logprobs,
+                            fwd.values,
                             mb,
-                            temperature=args.temperature,
                             clip_coef=args.clip_coef,
                             vf_clip_coef=args.vf_clip_coef,
                             vf_coef=args.vf_coef,
                             pg_coef=pg_coef,
-                            start=start,
                         )
+                    s["entropy"] = masked_mean(fwd.entropy, mb["mask"])
                     (loss * (mb["mask"].sum() / n_tokens.to(device))).backward()
                     stats.add(s)
                 if warmup:  # the critic warms up alone: the adapter is the policy, leave it untouched

@@ -28,7 +28,6 @@ from algorithms.common.rollout import (  # noqa: E402
 )
 from algorithms.ppo_train import (  # noqa: E402
     Args,
-    first_logit_position,
     main,
     parse_args,
     ppo_minibatch_loss,
@@ -162,9 +161,11 @@ def test_two_iterations_end_to_end_and_exact_resume(tiny: tuple[Any, Any], tmp_p
 
 
 def test_masked_tokens_get_no_gradient() -> None:
-    """Changing logits/values where the action mask is 0 changes neither the loss nor any gradient."""
+    """Changing hidden states/values where the action mask is 0 changes neither the loss nor any gradient."""
+    from algorithms.common.ppo_core import action_logprobs
+
     gen = torch.Generator().manual_seed(0)
-    B, T, V = 2, 9, 11
+    B, T, H, V = 2, 9, 6, 11
     input_ids = torch.randint(0, V, (B, T), generator=gen)
     action_mask = torch.tensor([[0, 0, 0, 1, 1, 0, 0, 1, 1], [0, 0, 1, 1, 1, 1, 0, 1, 0]], dtype=torch.bool)
     mask = action_mask[:, 1:]
@@ -174,37 +175,78 @@ def test_masked_tokens_get_no_gradient() -> None:
         "old_values": torch.randn(B, T - 1, generator=gen),
         "advantages": torch.randn(B, T - 1, generator=gen),
         "returns": torch.randn(B, T - 1, generator=gen),
+        "tis_weights": torch.rand(B, T - 1, generator=gen) + 0.5,
     }
-    logits = torch.randn(B, T, V, generator=gen)
+    lm_head = torch.nn.Linear(H, V, bias=False)
+    hidden = torch.randn(B, T, H, generator=gen)
     values = torch.randn(B, T - 1, generator=gen)
-    kwargs = {"temperature": 0.7, "clip_coef": 0.2, "vf_clip_coef": 0.2, "vf_coef": 0.5}
+    kwargs = {"clip_coef": 0.2, "vf_clip_coef": 0.2, "vf_coef": 0.5}
 
-    def loss_and_grads(lg: torch.Tensor, vl: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        lg, vl = lg.clone().requires_grad_(True), vl.clone().requires_grad_(True)
-        loss, _ = ppo_minibatch_loss(lg, vl, input_ids, batch, **kwargs)
+    def loss_and_grads(hd: torch.Tensor, vl: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        hd, vl = hd.clone().requires_grad_(True), vl.clone().requires_grad_(True)
+        logprobs, _ = action_logprobs(hd, lm_head, input_ids, mask, temperature=0.7, chunk_size=3)
+        loss, _ = ppo_minibatch_loss(logprobs, vl, batch, **kwargs)
         loss.backward()
-        return loss.detach(), lg.grad, vl.grad
+        return loss.detach(), hd.grad, vl.grad
 
-    loss, g_logits, g_values = loss_and_grads(logits, values)
-    # logits[:, t] score token t+1: positions whose next token is not an action (and the last position)
+    loss, g_hidden, g_values = loss_and_grads(hidden, values)
+    # hidden[:, t] scores token t+1: positions whose next token is not an action (and the last position)
     unused = torch.ones(B, T, dtype=torch.bool)
     unused[:, :-1] = ~mask
-    assert float(g_logits[unused].abs().max()) == 0.0
+    assert float(g_hidden[unused].abs().max()) == 0.0
     assert float(g_values[~mask].abs().max()) == 0.0
-    assert float(g_logits[~unused].abs().max()) > 0.0
+    assert float(g_hidden[~unused].abs().max()) > 0.0
 
-    perturbed_logits = torch.where(unused[..., None], torch.randn(B, T, V, generator=gen) * 100, logits)
+    perturbed_hidden = torch.where(unused[..., None], torch.randn(B, T, H, generator=gen) * 100, hidden)
     perturbed_values = torch.where(mask, values, torch.full_like(values, 1e6))
-    loss2, g_logits2, g_values2 = loss_and_grads(perturbed_logits, perturbed_values)
+    loss2, g_hidden2, g_values2 = loss_and_grads(perturbed_hidden, perturbed_values)
     assert torch.allclose(loss, loss2, atol=1e-6)
-    assert torch.allclose(g_logits, g_logits2, atol=1e-6)
+    assert torch.allclose(g_hidden, g_hidden2, atol=1e-6)
     assert torch.allclose(g_values, g_values2, atol=1e-6)
 
-    # the training loop computes logits only from the first action position on: same loss
-    start = first_logit_position(action_mask)
-    assert start == 1
-    cut, _ = ppo_minibatch_loss(logits[:, start:], values, input_ids, batch, start=start, **kwargs)
-    assert torch.allclose(loss, cut, atol=1e-6)
+
+def test_chunked_logprobs_and_grads_equal_full_logits(tiny: tuple[Any, Any]) -> None:
+    """The chunked LM head (policy_forward) gives the same log-probs, entropies and gradients as
+    full-vocabulary logits from the model's own forward."""
+    from algorithms.common.ppo_core import entropy_from_logits, selective_logprobs
+
+    model, _ = tiny
+    gen = torch.Generator().manual_seed(1)
+    B, T = 2, 14
+    ids = torch.randint(0, 1000, (B, T), generator=gen)
+    att = torch.ones(B, T, dtype=torch.long)
+    att[1, -3:] = 0
+    mask = torch.zeros(B, T - 1, dtype=torch.bool)
+    mask[0, 4:9] = True
+    mask[0, 11:] = True
+    mask[1, 2:10] = True
+    weights = torch.randn(B, T - 1, generator=gen)
+    params = [p for p in model.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        model.zero_grad(set_to_none=True)
+        full = selective_logprobs(model(input_ids=ids, attention_mask=att).logits, ids, 0.8)
+        (torch.where(mask, full, 0.0) * weights).sum().backward()
+        grads_full = [p.grad.clone() for p in params]
+        model.zero_grad(set_to_none=True)
+        fwd = ppo_train.policy_forward(model, None, ids, att, mask, temperature=0.8, chunk_size=4, with_entropy=True)
+        (fwd.logprobs * weights).sum().backward()
+        grads_chunked = [p.grad.clone() for p in params]
+        model.zero_grad(set_to_none=True)
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+    assert torch.allclose(fwd.logprobs[mask], full[mask].detach(), atol=1e-5)
+    assert float(fwd.logprobs[~mask].abs().max()) == 0.0
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
+        entropy = entropy_from_logits(logits, 0.8)
+    assert torch.allclose(fwd.entropy[mask], entropy[mask], atol=1e-4)
+    for g_full, g_chunk in zip(grads_full, grads_chunked, strict=True):
+        scale = float(g_full.abs().max()) + 1e-12
+        assert float((g_full - g_chunk).abs().max()) / scale < 1e-4, float((g_full - g_chunk).abs().max()) / scale
 
 
 # ----------------------------------------------------------------------------------------------- rollout
@@ -343,8 +385,13 @@ def test_cli_flags_map_to_args(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_critic_warmup_leaves_the_policy_unchanged(tiny: tuple[Any, Any], tmp_path: Path) -> None:
-    """Warm-up iterations train the value head only: no gradient reaches the shared adapter."""
+    """Warm-up iterations train the value head only: no gradient reaches the shared adapter. The same run
+    checks TIS on CPU fp32: sampler (engine) and trainer log-probs agree, so every weight is ~1."""
     result = main([*TINY, "--iterations", "1", "--critic-warmup", "1", "--output-dir", str(tmp_path / "w")])
+    row = read_metrics(tmp_path / "w")[0]
+    assert row["logprob_mismatch_max"] < 1e-4
+    assert abs(row["tis_weight_mean"] - 1.0) < 1e-4 and row["tis_clipfrac"] == 0.0
+    assert row["policy_update"] == 0.0
     adapter = read_adapter(tmp_path / "w")
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
     assert lora_b and all(float(v.abs().max()) == 0.0 for v in lora_b)  # LoRA B still 0: policy == base
@@ -359,13 +406,6 @@ def test_resume_honours_a_new_learning_rate(tiny: tuple[Any, Any], tmp_path: Pat
     ckpt = out / "checkpoint" / (out / "checkpoint" / "latest").read_text().strip()
     groups = torch.load(ckpt / "optimizer.pt", weights_only=True)["param_groups"]
     assert [g["lr"] for g in groups] == [5e-5, 7e-4]
-
-
-def test_cpu_fp32_sampler_and_trainer_agree_so_tis_weights_are_one(tiny: tuple[Any, Any], tmp_path: Path) -> None:
-    main([*TINY, "--iterations", "1", "--ppo-epochs", "1", "--output-dir", str(tmp_path / "t")])
-    row = read_metrics(tmp_path / "t")[0]
-    assert row["logprob_mismatch_max"] < 1e-4
-    assert abs(row["tis_weight_mean"] - 1.0) < 1e-4 and row["tis_clipfrac"] == 0.0
 
 
 def test_default_update_takes_several_optimizer_steps() -> None:
