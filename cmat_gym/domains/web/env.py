@@ -192,7 +192,7 @@ class WebEnv(TextEnv):
             self._server = ShopServer(shop)
             server_url = self._server.url
         self.server_url = server_url
-        self._transport: Transport = OverHTTP(server_url) if server_url else InProcess(shop or Shop())
+        self._transport: Transport = OverHTTP(server_url) if server_url else InProcess(shop if shop is not None else Shop())
         self._sid: str | None = None
         self._page = Page("error", ())
         self._searches: list[str] = []

@@ -30,7 +30,7 @@ LOOPBACK = "127.0.0.1"
 
 def create_app(shop: Shop | None = None) -> Starlette:
     """The ASGI app serving ``shop`` (a new one by default)."""
-    shop = shop or Shop()
+    shop = shop if shop is not None else Shop()
 
     async def page(request: Request) -> Response:
         url = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -83,7 +83,7 @@ class ShopServer:
     """
 
     def __init__(self, shop: Shop | None = None, port: int = 0) -> None:
-        self.shop = shop or Shop()
+        self.shop = shop if shop is not None else Shop()
         config = uvicorn.Config(create_app(self.shop), host=LOOPBACK, port=port, log_level="warning",
                                 lifespan="off", access_log=False)
         self._server = uvicorn.Server(config)

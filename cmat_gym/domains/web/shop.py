@@ -143,7 +143,7 @@ class Shop:
     """
 
     def __init__(self, engine: SearchEngine | None = None, max_sessions: int = MAX_SESSIONS) -> None:
-        self.engine = engine or default_engine()
+        self.engine = engine if engine is not None else default_engine()
         self.products = products_by_asin()
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[str, Session] = OrderedDict()
