@@ -90,3 +90,22 @@ def test_in_the_cmat_loop_the_checker_blocks_a_misspelled_relation() -> None:
     assert terminated and info["success"]
     loop.close()
 
+
+
+def test_a_call_that_would_bind_an_empty_set_is_rejected(env: KGEnv) -> None:
+    from cmat_gym.domains.kg.tasks import world_of
+    from cmat_gym.domains.kg.world import PERSON
+
+    world, _ = world_of(**env.task.payload["world"])
+    employers: dict[str, set[str]] = {}
+    for person in world.of_type(PERSON):  # each person's employers, from the store
+        env.variables = []
+        env.step(f"Action: get_neighbors({person}, people.person.employer)")
+        employers[person] = env.answer_set(["#0"])
+    a, b = next((a, b) for a in employers for b in employers if not employers[a] & employers[b])
+    env.variables = []
+    env.step(f"Action: get_neighbors({a}, people.person.employer)")
+    env.step(f"Action: get_neighbors({b}, people.person.employer)")
+    verdict = review(env, "Action: intersection(#0, #1)")
+    assert not verdict.approve and "no entities" in verdict.feedback
+    assert review(env, "Action: intersection(#0, #0)").approve
