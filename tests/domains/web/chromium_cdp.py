@@ -106,9 +106,9 @@ class Chromium:
         """Click the link whose text is ``text`` (case-insensitive), as a user would, and wait for the next page."""
         old = self.evaluate("location.href")
         found = self.evaluate(
-            "(() => { const want = %s.toLowerCase();"
+            "(() => { const want = WANT.toLowerCase();"
             " const a = [...document.querySelectorAll('a[data-el]')].find(e => e.textContent.toLowerCase() === want);"
-            " if (!a) return false; a.click(); return true; })()" % json.dumps(text))
+            " if (!a) return false; a.click(); return true; })()".replace("WANT", json.dumps(text)))
         if not found:
             raise LookupError(f"no link {text!r} on {old}")
         self._wait_for(old)
@@ -116,8 +116,8 @@ class Chromium:
     def search(self, query: str) -> None:
         """Type ``query`` into the search box and press the Search button."""
         old = self.evaluate("location.href")
-        self.evaluate("(() => { document.querySelector('#search_input').value = %s;"
-                      " document.querySelector('button[data-el=search]').click(); })()" % json.dumps(query))
+        self.evaluate("(() => { document.querySelector('#search_input').value = QUERY;"
+                      " document.querySelector('button[data-el=search]').click(); })()".replace("QUERY", json.dumps(query)))
         self._wait_for(old)
 
     def html(self) -> str:
