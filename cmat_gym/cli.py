@@ -272,11 +272,15 @@ def add_cmat_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("CMAT loop (checker and reflection memory)")
     group.add_argument("--cmat", action="store_true",
                        help="play through the single-agent CMAT wrapper: a checker reviews every action")
-    group.add_argument("--checker", default=None, choices=("rule", "llm", "none"),
-                       help="the checker (default rule); llm: a chat model prompted as a critic")
+    group.add_argument("--checker", default=None, choices=("rule", "llm", "learned", "none"),
+                       help="the checker (default rule); llm: a chat model prompted as a critic; learned: the "
+                            "checker trained by python -m algorithms.checker_train (needs --checker-adapter)")
     group.add_argument("--checker-model", default=None, metavar="NAME",
                        help="model of the LLM checker: smollm2, tiny-random or a folder "
                             "(default: the policy's model, else smollm2)")
+    group.add_argument("--checker-adapter", default=None, metavar="DIR",
+                       help="the learned checker's folder (--checker learned): the output of "
+                            "python -m algorithms.checker_train")
     group.add_argument("--memory", default="off", choices=("on", "off"),
                        help="long-term reflection memory (default off); on without --memory-path: a fresh "
                             "in-memory store shared by the run's episodes")
@@ -387,6 +391,19 @@ def checker_lm(args: argparse.Namespace, policy: Policy) -> Any:
         raise CLIError(f"cannot load the checker model: {exc}") from exc
 
 
+def learned_checker(args: argparse.Namespace) -> Any:
+    """The checker of ``--checker learned``: the ``RewardModelChecker`` over ``--checker-adapter``."""
+    from cmat_gym.agents.chat_agent import resolve_device
+    from cmat_gym.cmat.checkers import load_learned_checker
+
+    if args.checker_adapter is None:
+        raise CLIError("--checker learned needs --checker-adapter DIR (a folder written by algorithms.checker_train)")
+    try:
+        return load_learned_checker(args.checker_adapter, device=resolve_device(args.device, args.threads))
+    except (ValueError, OSError, KeyError) as exc:
+        raise CLIError(f"cannot load the learned checker: {exc}") from exc
+
+
 def env_factory(
     args: argparse.Namespace, policy: Policy, memory: ReflectionStore | None
 ) -> tuple[Callable[[], gym.Env], gym.Env]:
@@ -396,13 +413,18 @@ def env_factory(
     if args.cmat:
         checker = args.checker or "rule"
         lm = checker_lm(args, policy) if checker == "llm" else None
+        if checker == "learned":
+            checker = learned_checker(args)  # loaded once, shared by every env
+        elif args.checker_adapter is not None:
+            raise CLIError("--checker-adapter needs --checker learned")
         if args.reflection == "lm":
             from cmat_gym.agents.chat_agent import LMReflectionWriter
 
             kwargs["reflection_writer"] = LMReflectionWriter(policy)  # one writer, shared by every env
         build = evaluation.env_factory(args.env, cmat=True, checker=checker, checker_policy=lm, memory=memory, **kwargs)
-    elif args.checker is not None or args.memory != "off" or args.checker_model is not None:
-        raise CLIError("--checker, --checker-model and --memory need --cmat")
+    elif (args.checker is not None or args.memory != "off" or args.checker_model is not None
+          or args.checker_adapter is not None):
+        raise CLIError("--checker, --checker-model, --checker-adapter and --memory need --cmat")
     else:
         build = evaluation.env_factory(args.env, **kwargs)
     build = checked(args, build)

@@ -65,6 +65,7 @@ class CMATEnv(gym.Env[str, str]):
         reflection_writer: str | ReflectionWriter | None = None,
         reflection_policy: Any = None,
         checker_policy: Any = None,
+        checker_adapter: str | os.PathLike[str] | None = None,
         render_mode: str | None = None,
         **env_kwargs: Any,
     ) -> None:
@@ -72,7 +73,8 @@ class CMATEnv(gym.Env[str, str]):
                             checker_weight=checker_weight, memory=memory, memory_k=memory_k,
                             reflection_writer=reflection_writer, reflection_policy=reflection_policy,
                             render_mode=render_mode, **env_kwargs)
-        self.checker = make_checker(checker, self.loop.domain_env.domain, policy=checker_policy)
+        self.checker = make_checker(checker, self.loop.domain_env.domain, policy=checker_policy,
+                                    adapter=checker_adapter)
         self.user = user if user is not None else ScriptedUser()
         self.render_mode = render_mode
         self.observation_space = text_space(self.loop.max_obs_chars)
@@ -156,7 +158,9 @@ def make_cmat(
 
     Args:
         checker: ``"rule"`` (the domain's rule checker), ``"none"``, ``"llm"`` (pass
-            ``checker_policy=<LMPolicy>``), or a :class:`~cmat_gym.cmat.checkers.Checker`.
+            ``checker_policy=<LMPolicy>``), ``"learned"`` (pass ``checker_adapter=DIR``, a folder written
+            by ``python -m algorithms.checker_train``; envs given the same folder share one loaded model),
+            or a :class:`~cmat_gym.cmat.checkers.Checker`.
         user: the user policy (default :class:`~cmat_gym.cmat.roles.ScriptedUser`).
         memory: a ReflectionStore, a path to one (opened read-write), or None.
         history_turns: recent turns repeated in each observation (0: the newest message only, as the
@@ -165,7 +169,7 @@ def make_cmat(
         **env_kwargs: ``max_cycles``, ``memory_k``, ``reflection_writer`` (``"template"``, the default;
             ``"lm"``, the Assistant's own chat model given as ``reflection_policy=``, reflecting on its
             failed attempt; or a callable ``(instruction, view) -> text``), ``checker_policy``,
-            ``render_mode``, and anything for the domain env (``tasks=``, ``split=``, ...).
+            ``checker_adapter``, ``render_mode``, and anything for the domain env (``tasks=``, ``split=``, ...).
     """
     return CMATEnv(env_id, checker=checker, user=user, memory=memory, history_turns=history_turns,
                    checker_weight=checker_weight, **env_kwargs)
