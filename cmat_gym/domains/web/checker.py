@@ -15,9 +15,10 @@ Everything else is approved (score 0.8; a purchase that passes every rule, 0.9).
 
 :class:`WebHooks` give the loop its hindsight, from the reward a purchase would get now (the shop's
 ``quote``, which reads the goal: a training signal, never shown to a checker): an executed action
-was fine unless it was invalid, or it chose an option that lowered that reward (the *reward
-delta*); a rejected one is replayed without effects the same way (an option click is quoted with
-the option applied; a repeated search counts as not fine: it shows nothing new).
+was fine unless it was invalid, or it chose an option value that scores below another value of the
+same option (the *reward delta* against the best choice); a rejected one is judged the same way
+without effects (each value is quoted, nothing is clicked; a repeated search counts as not fine: it
+shows nothing new). ``snapshot`` keeps the reward before the action, for callers that log deltas.
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ class WebHooks(DomainHooks):
     def executed_ok(self, env: TextEnv, action: ParsedAction, observation: str, snapshot: Any) -> bool | None:
         if observation.startswith("Error"):
             return False
-        if action.tool == "click" and observation.startswith("You have clicked"):
-            return _quote(env) >= (snapshot or 0.0)
+        if action.tool == "click" and observation.startswith("You have clicked") and isinstance(env, WebEnv):
+            option = _option(env, action)
+            return option is None or _best_choice(env, *option)
         return True
 
     def dry_run_ok(self, env: TextEnv, action: ParsedAction) -> bool | None:
@@ -100,12 +102,27 @@ class WebHooks(DomainHooks):
             return False
         if action.tool == "search":
             return normalize_query(str(action.args["query"])) not in env.searches
-        element = env.page.clickables().get(element_name(action)) or env.page.clickables().get(
-            element_name(action).lower())
-        if element is not None and element.kind == "option":
-            return env.quote({element.group: element.text})[0] >= _quote(env)
-        return True
+        option = _option(env, action)
+        return option is None or _best_choice(env, *option)
 
 
 def _quote(env: TextEnv) -> float:
     return env.quote()[0] if isinstance(env, WebEnv) else 0.0
+
+
+def _option(env: WebEnv, action: ParsedAction) -> tuple[str, str, list[str]] | None:
+    """(name, value, every value of that name) when ``action`` clicks an option of the page."""
+    wanted = element_name(action).lower()
+    for name, elements in env.page.option_groups().items():
+        for element in elements:
+            if element.text.lower() == wanted:
+                return name, element.text, [e.text for e in elements]
+    return None
+
+
+def _best_choice(env: WebEnv, name: str, value: str, values: list[str]) -> bool:
+    """Whether choosing ``value`` for ``name`` scores as well as the best value of that name would
+    (the reward delta against the best alternative: a wrong value is not fine even when nothing was
+    chosen before)."""
+    scores = {v: env.quote({name: v})[0] for v in values}
+    return scores[value] >= max(scores.values())
