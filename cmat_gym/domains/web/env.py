@@ -301,11 +301,10 @@ class WebEnv(TextEnv):
         return self._observe(self._page, prefix)
 
     def _finish_answer(self, action: str, parsed: ParsedAction) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        evaluation = self.score_answer(parsed.value)
         self._page = self._transport.get(self._find(BUY_NOW).href)
-        # The score is the shop's own (the done page's); the quote above only adds its parts.
+        # The score is the shop's own (the done page's); the quote only adds its parts.
         reward = float(self._page.reward or 0.0)
-        evaluation = Evaluation(reward, reward >= 1.0, reward, evaluation.details)
+        evaluation = Evaluation(reward, reward >= 1.0, reward, self.quote()[1])
         return self._finish_step(action, self._observe(self._page), parsed=parsed, terminated=True,
                                  evaluation=evaluation)
 

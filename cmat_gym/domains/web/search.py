@@ -45,6 +45,15 @@ class SearchEngine:
         words = _TOKEN.findall(query[:MAX_QUERY_CHARS].lower())
         return [w for w in words if w not in self._stopwords and w in self._vocab]
 
+    def scores(self, query: str) -> np.ndarray:
+        """The BM25 score of every product for ``query`` (uncached; zeros for a query of no known words)."""
+        tokens = self.tokens(query)
+        return self._bm25.get_scores(tokens) if tokens else np.zeros(len(self.products), dtype=np.float32)
+
+    def clear_cache(self) -> None:
+        """Forget cached results (benchmarks time uncached queries)."""
+        self._cache.clear()
+
     def search(self, query: str, top_n: int = TOP_N) -> tuple[int, ...]:
         """Indices into ``products`` of the best ``top_n`` matches with a positive score, best first."""
         key = " ".join(self.tokens(query))
@@ -55,7 +64,7 @@ class SearchEngine:
         if not key:
             result: tuple[int, ...] = ()
         else:
-            scores = self._bm25.get_scores(key.split())
+            scores = self.scores(key)
             order = np.argsort(-scores, kind="stable")[:TOP_N]
             result = tuple(int(i) for i in order if scores[i] > 0)
         self._cache[key] = result

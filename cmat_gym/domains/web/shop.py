@@ -132,6 +132,7 @@ class Session:
     options: dict[str, str] = field(default_factory=dict)
     done: bool = False
     reward: float | None = None
+    parts: dict[str, Any] = field(default_factory=dict)
 
 
 class Shop:
@@ -170,10 +171,13 @@ class Shop:
 
     def quote(self, sid: str, options: Mapping[str, str] | None = None) -> tuple[float, dict[str, Any]]:
         """What buying now would score, without buying (``options`` override the chosen ones): the
-        reward and its parts; 0 with a reason when no item is open. For the env's hindsight, never shown."""
+        reward and its parts; 0 with a reason when no item is open; after the purchase, its score.
+        For the env's scoring and hindsight, never shown to the agent."""
         session = self._session(sid)
         if session is None or session.asin is None:
             return 0.0, {"error": "no item is open"}
+        if session.done:  # the purchase is made: its own score
+            return float(session.reward or 0.0), dict(session.parts)
         chosen = {**session.options, **(options or {})}
         return webshop_reward(self.products[session.asin], session.goal, chosen)
 
@@ -294,7 +298,7 @@ class Shop:
         if session.asin is None:
             return _error("Nothing to buy: open an item first.")
         if not session.done:
-            session.reward, _ = webshop_reward(self.products[session.asin], session.goal, session.options)
+            session.reward, session.parts = webshop_reward(self.products[session.asin], session.goal, session.options)
             session.done = True
         product = self.products[session.asin]
         return Page("done", _text("Thank you for shopping with us!", "Purchased", product.asin, product.title,
