@@ -162,16 +162,21 @@ def check_args(argv: Sequence[str]) -> Args:
 
 
 class RecordingChecker(Checker):
-    """Wraps the loop's checker and keeps what it was shown last: ``(task_text, history, action)``."""
+    """Wraps the loop's checker and keeps what it was shown last: ``(task_text, history, action)``; with
+    ``keep``, also every review, per domain env (``log[id(env)]``, in order), for ``--train-checker``."""
 
-    def __init__(self, inner: Checker) -> None:
+    def __init__(self, inner: Checker, *, keep: bool = False) -> None:
         self.inner = inner
         self.name = inner.name
+        self.keep = keep
         self.last: tuple[str, list[dict[str, str]], str] | None = None
+        self.log: dict[int, list[tuple[str, list[dict[str, str]], str]]] = {}
 
     def review(self, task: Any, history: Sequence[dict[str, str]], action: str, env: Any = None, *,
                parsed: Any = None) -> Verdict:
         self.last = (task_text(task), [dict(t) for t in history], action)
+        if self.keep:
+            self.log.setdefault(id(env), []).append(self.last)
         return self.inner.review(task, history, action, env, parsed=parsed)
 
 
@@ -326,10 +331,13 @@ def train_reward_model(
     val: Sequence[dict[str, Any]] = (),
     threshold: float = LEARNED_THRESHOLD,
     micro_batch_size: int | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Train ``rm``'s trainable (adapter) weights on ``examples``; returns the loss curve and the
-    held-out metrics after each epoch. Used by this script and by ``ppo_train --train-checker``."""
+    held-out metrics after each epoch. Used by this script (a fresh AdamW, learning rate decaying
+    linearly to 0) and by ``ppo_train --train-checker`` (its own ``optimizer``, kept across calls, at a
+    constant learning rate)."""
     if not examples:
         raise ValueError("no labelled examples to train the checker on")
     model = rm.model
@@ -342,11 +350,14 @@ def train_reward_model(
     n_bad = len(examples) - n_good
     # equal total weight per class: the margin 0 (score 0.5) then separates them, whatever the mix
     weights = torch.where(labels > 0, len(examples) / (2 * max(n_good, 1)), len(examples) / (2 * max(n_bad, 1)))
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    decay = optimizer is None
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     rng = random.Random(seed)
     plan = [batches([len(x) for x in encoded], rm.batch_size, rng) for _ in range(epochs)]
     total = sum(len(p) for p in plan)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: max(0.0, 1.0 - step / total) if decay else 1.0)
     device = next(model.parameters()).device
     micro = micro_batch_size or rm.batch_size
     curve: list[dict[str, Any]] = []
@@ -426,11 +437,14 @@ def base_model_name(model: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def check_checker_flags(checker: str, adapter: str | None, choices: Sequence[str] = ("rule", "learned", "none")
-                        ) -> None:
+def check_checker_flags(checker: str, adapter: str | None, choices: Sequence[str] = ("rule", "learned", "none"),
+                        *, train: bool = False) -> None:
     """Raise :class:`ScriptError` unless ``--checker`` is one of ``choices`` and ``--checker-adapter`` is
-    given exactly when it is ``learned`` (and names a trained checker's folder)."""
+    given exactly when it is ``learned`` (and names a trained checker's folder); ``--train-checker``
+    (``train``) needs ``learned``."""
     check_choice(checker, choices, "--checker")
+    if train and checker != "learned":
+        raise ScriptError("--train-checker needs --checker learned --checker-adapter DIR")
     if checker != "learned":
         if adapter is not None:
             raise ScriptError("--checker-adapter needs --checker learned")
@@ -453,6 +467,72 @@ def loop_checker(checker: str, adapter: str | None, device: str | torch.device) 
     if adapter is None:
         raise ValueError("checker='learned' needs an adapter folder")
     return load_learned_checker(adapter, device=str(device))
+
+
+class OnlineChecker:
+    """``ppo_train --checker learned --train-checker``: the learned checker of the loop, trained between PPO
+    iterations on the hindsight labels of the actions it reviewed in the latest rollout.
+
+    One :class:`RecordingChecker` (``checker``, shared by every env) logs each review per domain env;
+    :meth:`update` pairs the logs with the rollout's turns (episode ``j`` ran in env ``j % len(envs)``,
+    its reviewed turns in order; a review whose action text differs from the turn's stops the pairing
+    of that env, counted in ``checker_unpaired``), takes the turns with a hindsight label, reports the
+    checker's AUROC on them (its scores were given *before* this update: a live measure of how well it
+    tracks execution), and runs one pass of :func:`train_reward_model` with a persistent AdamW.
+    """
+
+    def __init__(self, adapter: str | Path, device: str | torch.device, *, lr: float, seed: int) -> None:
+        from cmat_gym.cmat.checkers import RewardModelChecker
+
+        self.rm, self.config = LearnedRewardModel.load(adapter, device=str(device), trainable=True)
+        self.checker = RecordingChecker(
+            RewardModelChecker(self.rm, float(self.config.get("threshold", LEARNED_THRESHOLD))), keep=True)
+        params = [p for p in self.rm.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        self.lr, self.seed, self.updates = lr, seed, 0
+
+    def labelled(self, envs: Sequence[Any], episodes: Sequence[Any]) -> tuple[list[dict[str, Any]], list[float], int]:
+        """The rollout's reviewed actions with a hindsight label, the scores the checker gave them, and how
+        many reviews could not be paired with a turn."""
+        logs = [list(self.checker.log.get(id(env.domain_env), [])) for env in envs]
+        pointers = [0] * len(envs)
+        broken = [False] * len(envs)
+        examples: list[dict[str, Any]] = []
+        scores: list[float] = []
+        for j, episode in enumerate(episodes):
+            slot = j % len(envs)
+            for turn in episode.turns:
+                if turn.checker_verdict is None or broken[slot]:
+                    continue
+                if pointers[slot] >= len(logs[slot]) or logs[slot][pointers[slot]][2] != turn.text:
+                    broken[slot] = True
+                    continue
+                text, history, action = logs[slot][pointers[slot]]
+                pointers[slot] += 1
+                if turn.hindsight is not None and turn.checker_score is not None:
+                    examples.append({"task_text": text, "history": history, "action": action,
+                                     "label": bool(turn.hindsight)})
+                    scores.append(float(turn.checker_score))
+        unpaired = sum(len(log) - k for log, k in zip(logs, pointers, strict=True))
+        return examples, scores, unpaired
+
+    def update(self, envs: Sequence[Any], episodes: Sequence[Any]) -> dict[str, Any]:
+        """Train on the latest rollout's labelled reviews (see the class docstring); returns metrics."""
+        examples, scores, unpaired = self.labelled(envs, episodes)
+        self.checker.log.clear()  # the next rollout starts a new log (eval envs' reviews are dropped too)
+        row: dict[str, Any] = {"checker_labels": len(examples), "checker_unpaired": unpaired,
+                               "checker_label_auroc": auroc(scores, [e["label"] for e in examples]) if examples else None,
+                               "checker_loss": None}
+        if examples:
+            fit = train_reward_model(self.rm, examples, epochs=1, lr=self.lr, seed=derive_seed(self.seed, 5, self.updates),
+                                     optimizer=self.optimizer)
+            row["checker_loss"] = sum(r["loss"] for r in fit["loss_curve"]) / len(fit["loss_curve"])
+            self.updates += 1
+        return row
+
+    def save(self, path: Path) -> None:
+        """The updated checker, loadable as any ``checker_train`` output (``--checker-adapter path``)."""
+        save_checker(self.rm, path, {**self.config, "online_updates": self.updates})
 
 
 @dataclass

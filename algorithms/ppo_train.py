@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm, trange
 
-from algorithms.checker_train import check_checker_flags, loop_checker
+from algorithms.checker_train import OnlineChecker, check_checker_flags, loop_checker
 from algorithms.common.checkpoint import atomic_write_text, replace_dir, save_adapter
 from algorithms.common.metrics import append_jsonl, json_safe, plot_learning_curve, read_jsonl, write_jsonl
 from algorithms.common.ppo_core import (
@@ -123,6 +123,11 @@ class Args:
     """per-turn shaping reward = checker_weight * checker score (keep it below the task score's 1)"""
     checker_adapter: str | None = None
     """--checker learned: the folder written by python -m algorithms.checker_train (its score is the shaping)"""
+    train_checker: bool = False
+    """--checker learned: after each rollout, train the checker one pass on that rollout's reviewed actions and
+    their hindsight labels (saved to output_dir/checker, which --resume continues from)"""
+    checker_lr: float = 1e-4
+    """--train-checker: AdamW learning rate of the checker's adapter (constant)"""
     difficulty: int | None = None
     """task difficulty 1-3; default: drawn per episode"""
     episodes_per_iteration: int = 16
@@ -226,7 +231,7 @@ def check_args(argv: Sequence[str]) -> Args:
     args = parse_args(argv)
     check_env_id(args.env)
     check_model(args.model)
-    check_checker_flags(args.checker, args.checker_adapter)
+    check_checker_flags(args.checker, args.checker_adapter, train=args.train_checker)
     check_choice(args.peft, ("lora", "p-tuning"), "--peft")
     check_choice(args.kl_estimator, ("k1", "k2", "k3"), "--kl-estimator")
     check_difficulty(args.difficulty)
@@ -557,7 +562,12 @@ def train(args: Args) -> TrainResult:
     params = [p for _, p in trainable] + list(value_head.parameters())
 
     # ---- environments: the single-agent CMAT loop (User and Checker fixed, only the Assistant acts)
-    checker = loop_checker(args.checker, args.checker_adapter, device)  # a learned one is loaded once
+    online = None  # --train-checker: the learned checker is trained between iterations
+    if args.train_checker:
+        saved = out / "checker"
+        resume_from = saved if checkpoint is not None and (saved / "adapter").is_dir() else args.checker_adapter
+        online = OnlineChecker(resume_from, device, lr=args.checker_lr, seed=args.seed)
+    checker = online.checker if online is not None else loop_checker(args.checker, args.checker_adapter, device)
 
     def make_envs(n: int, split: str) -> list[Any]:
         kwargs: dict[str, Any] = {"split": split, "max_cycles": args.max_turns}
@@ -691,6 +701,10 @@ def train(args: Args) -> TrainResult:
         )
         episodes_done += E
         rollout_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        checker_row = online.update(envs, episodes) if online is not None else {}
+        if online is not None:
+            checker_row["checker_update_s"] = time.perf_counter() - t0
         n_generated = sum(e.n_action_tokens for e in episodes)
 
         # ============================================================================ SCORING
@@ -822,6 +836,7 @@ def train(args: Args) -> TrainResult:
             "policy_update": float(has_signal and not warmup),
             "tis_weight_mean": float(tis_stats["tis_weight_mean"]),
             "tis_clipfrac": float(tis_stats["tis_clipfrac"]),
+            **checker_row,
         }
 
         # ============================================================================ EVAL
@@ -857,6 +872,8 @@ def train(args: Args) -> TrainResult:
                 args=args,
             )
             save_adapter(model, out / "adapter")
+            if online is not None:
+                online.save(out / "checker")
         plot_learning_curve(out / "learning_curve.png", metrics, evals)
 
     if not (out / "adapter").exists():  # e.g. resumed a finished run: still leave an adapter behind

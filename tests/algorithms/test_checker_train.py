@@ -145,3 +145,26 @@ def test_ppo_iteration_with_the_learned_checker(run: tuple[Path, Any], tmp_path:
     # the same checker scores as the loaded one: the shaping comes from it, not from the rule checker
     checker = load_learned_checker(checker_dir, device="cpu")
     assert checker.threshold == json.loads((checker_dir / CHECKER_CONFIG).read_text())["threshold"]
+
+
+def test_ppo_trains_the_checker_between_iterations(run: tuple[Path, Any], tmp_path: Path) -> None:
+    checker_dir, _ = run
+    ppo_args = ["--model", "tiny-random", "--device", "cpu", "--iterations", "1", "--episodes-per-iteration", "2",
+                "--max-turns", "2", "--max-new-tokens", "8", "--max-seq-len", "1024", "--minibatch-size", "2",
+                "--micro-batch-size", "1", "--ppo-epochs", "1", "--checker", "learned", "--checker-adapter",
+                str(checker_dir), "--checker-weight", "0.5", "--train-checker", "--checker-lr", "1e-2",
+                "--no-progress", "--output-dir", str(tmp_path)]
+    ppo_train.check_args(ppo_args)
+    with pytest.raises(ScriptError, match="--train-checker needs"):
+        ppo_train.check_args(["--checker", "rule", "--train-checker"])
+    row = ppo_train.main(ppo_args).metrics[-1]
+    # every reviewed turn of the rollout was paired with what the checker saw, and labelled
+    assert row["checker_unpaired"] == 0 and row["checker_labels"] >= 1
+    assert row["checker_loss"] is not None and row["checker_update_s"] >= 0
+    saved = tmp_path / "checker"
+    assert (saved / CHECKER_CONFIG).is_file() and json.loads((saved / CHECKER_CONFIG).read_text())["online_updates"] == 1
+    before, _ = LearnedRewardModel.load(checker_dir)
+    after, _ = LearnedRewardModel.load(saved)
+    example = json.loads((checker_dir / "examples.jsonl").open().readline())
+    item = (example["task_text"], example["history"], example["action"])
+    assert abs(before.score(*item) - after.score(*item)) > 1e-6  # the update changed the checker
