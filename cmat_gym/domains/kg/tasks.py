@@ -301,7 +301,3 @@ def _tool_of(action: str) -> str:
     parsed = GRAMMAR.parse(action)
     return getattr(parsed, "tool", "")
 
-
-def entity_names(tasks: Sequence[Task]) -> list[str]:
-    """Every entity name the tasks mention (for tests and random policies)."""
-    return sorted({n for t in tasks for n in t.payload.get("entities", {})})
