@@ -4,7 +4,7 @@ uvicorn on a loopback port.
 ``GET /{sid}/...`` returns the HTML page (the shop's routes); the env's own API, JSON, is
 ``POST /api/sessions/{sid}`` (start an episode: ``{"instruction", "goal"}``), ``DELETE
 /api/sessions/{sid}`` (end it) and ``GET /api/sessions/{sid}/quote`` (what buying now would score;
-query parameters override chosen options). :class:`ShopServer` runs uvicorn in a thread bound to
+query parameters override chosen options); ``GET /api/stats`` counts live sessions. :class:`ShopServer` runs uvicorn in a thread bound to
 127.0.0.1 only (the design's security model: nothing off the machine reaches it) and stops it
 cleanly: ``close()`` is idempotent and joins the thread, so tests leak no thread and no port.
 """
@@ -63,8 +63,12 @@ def create_app(shop: Shop | None = None) -> Starlette:
         reward, details = shop.quote(request.path_params["sid"], dict(request.query_params) or None)
         return JSONResponse({"reward": reward, "details": details})
 
+    async def stats(request: Request) -> Response:
+        return JSONResponse({"sessions": len(shop)})
+
     routes = [
         Route("/", home),
+        Route("/api/stats", stats),
         Route("/api/sessions/{sid}", session, methods=["POST", "DELETE"]),
         Route("/api/sessions/{sid}/quote", quote),
         Route("/{path:path}", page),
