@@ -57,7 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sft-episodes", type=int, default=32)
     p.add_argument("--sft-epochs", type=float, default=1.0)
     p.add_argument("--sft-lr", type=float, default=5e-4)
-    p.add_argument("--sft-batch-size", type=int, default=4)
+    p.add_argument("--sft-batch-size", type=int, default=1,
+                   help="examples per forward/backward (1: the 49k-word logits of longer batches took 15 GB)")
+    p.add_argument("--sft-grad-accum", type=int, default=4, help="micro-batches per optimizer step")
     p.add_argument("--max-seq-len", type=int, default=1024)
     p.add_argument("--eval-seed", type=int, default=0, help="real test episode i resets with eval_seed + i")
     p.add_argument("--test-episodes", type=int, default=30)
@@ -75,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def sft_command(args: argparse.Namespace, arm: str, out: Path) -> list[str]:
     return [sys.executable, "-m", "algorithms.sft_train", "--env", ENV, "--env-kwargs", json.dumps({"source": arm}),
             "--model", args.model, "--episodes", str(args.sft_episodes), "--epochs", str(args.sft_epochs),
-            "--batch-size", str(args.sft_batch_size), "--lr", str(args.sft_lr), "--max-seq-len",
+            "--batch-size", str(args.sft_batch_size), "--grad-accum", str(args.sft_grad_accum), "--lr", str(args.sft_lr), "--max-seq-len",
             str(args.max_seq_len), "--seed", str(args.seed), "--device", args.device, "--no-progress",
             "--output-dir", str(out / f"sft-{arm}")]
 

@@ -493,6 +493,7 @@ BUILDERS: dict[str, Callable[[StableRandom, RealTable, int], RealQuestion | None
 # ====================================================================== tasks
 REAL_PREFIX = "db-real"  # task ids db-real/{split}/d{difficulty}/{seed}
 MAX_ATTEMPTS = 500
+DRAFTS_PER_TABLE = 4
 _TOLERANCE = 0.011  # AVG and real SUMs are rounded to 2 decimals by the gold SQL
 
 
@@ -537,7 +538,9 @@ def generate_real_task(seed: int, split: str, difficulty: int) -> Task:
         table = build_table(rng, source, difficulty)
         if table is None:
             continue
-        question = BUILDERS[kind](rng, table, difficulty)
+        # A few drafts on the same table before the next attempt draws (and may load) another one.
+        question = next((q for q in (BUILDERS[kind](rng, table, difficulty) for _ in range(DRAFTS_PER_TABLE))
+                         if q is not None), None)
         if question is None:
             continue
         cand = _Candidate(source.name, kind, [table], table, question)  # type: ignore[arg-type]
