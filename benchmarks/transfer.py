@@ -51,7 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-dir", default="runs/transfer")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     p.add_argument("--zero-shot", action="store_true", help="also evaluate the base model (slow on CPU)")
-    p.add_argument("--stages", nargs="+", default=["sft", "eval", "report"], choices=["sft", "eval", "report"])
+    p.add_argument("--stages", nargs="+", default=["sft", "eval", "report"],
+                   choices=["tasks", "sft", "eval", "report"],
+                   help="tasks: statistics of the real-table source (no model), the others as above")
+    p.add_argument("--task-sample", type=int, default=300, help="tasks stage: tasks per split")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--seed", type=int, default=1, help="SFT seed (task draw, flaws, shuffle); the same for every arm")
     p.add_argument("--sft-episodes", type=int, default=32)
@@ -125,6 +128,57 @@ def evaluate(args: argparse.Namespace, agent: str, out: Path) -> None:
     path.write_text(json.dumps(record, indent=1))
 
 
+def describe_tasks(args: argparse.Namespace) -> str:
+    """The real-table source at a glance: index, split sizes, kinds, rendering, the oracle's success on
+    ``--task-sample`` tasks per split, and reset times against the procedural source in the same run."""
+    import collections
+    import statistics
+
+    import gymnasium as gym
+
+    from cmat_gym.agents.policies import OraclePolicy
+    from cmat_gym.domains.db.tasks.real import tables_of_split
+    from cmat_gym.domains.db.tasks.real_index import USABLE
+    from cmat_gym.evaluation import summarize
+
+    lines = [f"usable data sets: {len(USABLE)} (train {len(tables_of_split('train'))}, "
+             f"test {len(tables_of_split('test'))})"]
+    n = args.task_sample
+    for split in ("train", "test"):
+        results = run_episodes(env_factory(ENV, split=split, source="real"), OraclePolicy(), n, seed=args.eval_seed,
+                               progress=False)
+        env = gym.make(ENV, split=split, source="real")
+        tasks = []
+        for i in range(n):
+            env.reset(seed=args.eval_seed + i)
+            tasks.append(env.unwrapped.task)
+        env.close()
+        kinds = collections.Counter(t.payload["kind"] for t in tasks)
+        tables = [t.payload["tables"][0] for t in tasks]
+        web = sum(all(c[1] == "TEXT" for c in tb["columns"]) for tb in tables)
+        cells = [v for tb in tables for r in tb["rows"] for v in r]
+        lines += [f"{split}: oracle {summarize(results)['success_rate']:.3f} on {n} tasks; "
+                  f"{len({tb['dataset'] for tb in tables})} distinct tables; "
+                  f"rows median {statistics.median(len(tb['rows']) for tb in tables):.0f}, "
+                  f"columns median {statistics.median(len(tb['columns']) for tb in tables):.0f}; "
+                  f"web-text tables {web / n:.0%}; missing cells {sum(v is None or v == '' for v in cells) / len(cells):.1%}"
+                  f"; text numbers with ',' {sum(isinstance(v, str) and ',' in v and v.replace(',', '').replace('.', '').isdigit() for v in cells) / len(cells):.1%}"
+                  f", with '%' {sum(isinstance(v, str) and v.endswith('%') for v in cells) / len(cells):.1%}",
+                  f"{split} kinds: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))]
+    for source in ("procedural", "real"):
+        env = gym.make(ENV, split="test", source=source)
+        times = []
+        for i in range(n):
+            started = time.perf_counter()
+            env.reset(seed=10_000 + i)  # tasks not seen above, so the cache of loaded tables helps less
+            times.append(time.perf_counter() - started)
+        env.close()
+        times.sort()
+        lines.append(f"reset ({source}, {n} test tasks): median {statistics.median(times) * 1e3:.1f} ms, "
+                     f"p90 {times[int(0.9 * n)] * 1e3:.1f} ms, max {times[-1] * 1e3:.0f} ms")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------ statistics
 def mcnemar_exact(a: list[bool], b: list[bool]) -> tuple[int, int, float]:
     """(episodes only a solved, only b solved, two-sided exact McNemar p-value) of paired outcomes."""
@@ -181,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: {command}\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f}, "
           f"Python {platform.python_version()}", flush=True)
     agents = (["zero-shot"] if args.zero_shot else []) + list(args.arms)
+    if "tasks" in args.stages:
+        print(describe_tasks(args), flush=True)
     if "sft" in args.stages:
         for arm in args.arms:
             run_sft(args, arm, out)
