@@ -14,6 +14,9 @@ Subcommands::
                                                    keep the episodes: an HF dataset and an HTML report
     cmat-gym eval --policy openai --base-url URL --model NAME --batch-size 8
                                                    any OpenAI-compatible server as the Assistant
+    cmat-gym eval --ray --workers 4 [--ray-address ADDR]
+                                                   the episodes on Ray workers (the [scale] extra), with
+                                                   the same results as the local run
     cmat-gym serve --model smollm2 [--adapter DIR] [--port 8000]
                                                    a local model as an OpenAI-compatible server
 
@@ -50,6 +53,7 @@ from cmat_gym.evaluation import (
     summarize_cmat,
     summarize_trials,
 )
+from cmat_gym.scale import PolicySpec
 from cmat_gym.serve import add_arguments as add_serve_args
 
 ENV_PREFIX = "cmat/"
@@ -310,6 +314,41 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
                        help="write a self-contained HTML report: every episode's dialogue and the success rate")
 
 
+def add_scale_args(parser: argparse.ArgumentParser) -> None:
+    """Flags that spread the episodes over Ray workers (``--ray --workers N [--ray-address ADDR]``)."""
+    group = parser.add_argument_group("distributed rollouts (Ray; pip install 'cmat-gym[scale]')")
+    group.add_argument("--ray", action="store_true",
+                       help="play the episodes on Ray workers, each with its own env and policy replica; the "
+                            "results equal the local run's (same seeds and tasks, same order)")
+    group.add_argument("--workers", type=int, default=2, help="Ray workers (default 2)")
+    group.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="a running Ray cluster (e.g. auto, or ray://host:10001); default: a local Ray "
+                            "started and stopped by this run")
+
+
+def check_ray(args: argparse.Namespace) -> None:
+    """Reject ``--ray`` with what cannot cross to a worker process (a shared reflection memory, model
+    checkers and reflection writers held by this process, batches) and Ray flags without ``--ray``."""
+    if not args.ray:
+        if args.ray_address is not None:
+            raise CLIError("--ray-address needs --ray")
+        return
+    if args.workers < 1:
+        raise CLIError(f"--workers must be at least 1, got {args.workers}")
+    if args.batch_size != 1:
+        raise CLIError("--ray plays one episode at a time per worker: use --workers instead of --batch-size")
+    if args.memory != "off" or args.trials > 1:
+        raise CLIError("--ray takes no --memory on or --trials (a reflection memory lives in one process)")
+    if args.checker not in (None, "rule", "none"):
+        raise CLIError(f"--ray takes --checker rule or none, not {args.checker}")
+
+
+def ray_report(args: argparse.Namespace, results: Sequence[EpisodeResult]) -> dict[str, Any]:
+    """The Ray part of ``--json``: workers, address, and how many episodes were re-run after a worker died."""
+    return {"workers": args.workers, "address": args.ray_address or "local",
+            "rerun_after_worker_failure": sum(r.reruns > 0 for r in results)}
+
+
 def recording(args: argparse.Namespace) -> bool:
     """Whether the run must record its episodes (``--save-trajectories`` or ``--html``); with
     ``--save-trajectories``, checks that ``datasets`` is installed before any episode runs."""
@@ -346,6 +385,14 @@ def write_outputs(args: argparse.Namespace, results: Sequence[EpisodeResult], su
 def build_policy(args: argparse.Namespace) -> Policy:
     """The policy ``--policy`` names, speaking the grammar of ``--env``'s domain, with the model flags
     for language-model policies."""
+    try:
+        return make_policy(args.policy, **policy_kwargs(args))
+    except (ValueError, OSError, ImportError) as exc:
+        raise CLIError(str(exc)) from exc
+
+
+def policy_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of ``make_policy(--policy, ...)`` the flags describe (checked)."""
     registered_or_fail(args.env)
     kwargs: dict[str, Any] = {"seed": args.seed, "domain": domain_of_env(args.env).name}
     if is_model_policy(args.policy):
@@ -360,10 +407,7 @@ def build_policy(args: argparse.Namespace) -> Policy:
                       concurrency=args.concurrency)
     elif args.base_url is not None or args.model is not None:
         raise CLIError("--base-url and --model need --policy openai")
-    try:
-        return make_policy(args.policy, **kwargs)
-    except (ValueError, OSError, ImportError) as exc:
-        raise CLIError(str(exc)) from exc
+    return kwargs
 
 
 def open_memory(args: argparse.Namespace) -> ReflectionStore | None:
@@ -472,8 +516,18 @@ def plan_episodes(
 def run_policy(
     args: argparse.Namespace, policy: Policy, memory: ReflectionStore | None = None, *, progress: bool = True
 ) -> list[EpisodeResult]:
-    """Play the episodes the flags describe with ``policy`` (single-trial)."""
+    """Play the episodes the flags describe with ``policy`` (single-trial); with ``--ray``, ``policy`` is a
+    :class:`~cmat_gym.scale.PolicySpec` and Ray workers play them."""
     factory, episodes, task_indices = plan_episodes(args, policy, memory)
+    if getattr(args, "ray", False):
+        factory().close()  # the env plan_episodes built to check the flags; each worker builds its own
+        build = evaluation.env_factory(args.env, cmat=args.cmat, checker=args.checker or "rule", **env_kwargs(args))
+        try:
+            return run_episodes(build, policy, episodes, args.seed, task_indices=task_indices, progress=progress,
+                                record=recording(args), backend="ray", workers=args.workers,
+                                ray_address=args.ray_address)
+        except ImportError as exc:  # Ray missing: the [scale] extra
+            raise CLIError(str(exc)) from exc
     return run_episodes(factory, policy, episodes, args.seed, task_indices=task_indices, progress=progress,
                         batch_size=args.batch_size, record=recording(args))
 
@@ -490,8 +544,10 @@ def run_policy_trials(
 def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
     """Run a policy for some episodes and print the success rate with its 95% interval."""
     check_counts(args)
+    check_ray(args)
     recording(args)  # a missing 'datasets' fails before the model loads
-    policy = build_policy(args)
+    # With --ray the workers build the policy (a language model is loaded there, not here).
+    policy = PolicySpec(args.policy, policy_kwargs(args)) if args.ray else build_policy(args)
     memory = open_memory(args) if args.cmat else None
     trials = None
     try:
@@ -520,6 +576,8 @@ def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
                   "results": [_result_row(r, trials is not None) for r in results]}
         if usage is not None:
             report["usage"] = dict(usage)
+        if args.ray:
+            report["ray"] = ray_report(args, results)
         if cmat is not None:
             report["cmat"] = cmat
         if trials is not None:
@@ -613,6 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description=SERVE_HELP)
     add_serve_args(serve)
     add_output_args(evaluate)
+    add_scale_args(evaluate)
     return parser
 
 

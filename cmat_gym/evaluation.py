@@ -35,6 +35,7 @@ import gymnasium as gym
 from tqdm import tqdm
 
 from cmat_gym.agents.policies import Policy, is_privileged
+from cmat_gym.scale.specs import PolicySpec
 
 if TYPE_CHECKING:
     from cmat_gym.trajectories import Trajectory
@@ -61,6 +62,8 @@ class EpisodeResult:
         reflection: the reflection the CMAT loop wrote after this (failed) episode, else None.
         trajectory: every step of the episode when played with ``record=True`` (see
             :mod:`cmat_gym.trajectories`), else None; left out of equality and ``repr``.
+        reruns: times the episode was started again because the Ray worker playing it died
+            (``backend="ray"``; always 0 locally); left out of equality: the result is the same.
     """
 
     task_id: str
@@ -74,6 +77,7 @@ class EpisodeResult:
     trial: int = 1
     reflection: str | None = None
     trajectory: Trajectory | None = field(default=None, compare=False, repr=False)
+    reruns: int = field(default=0, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The result as a JSON-ready dict (the trajectory as nested dicts, when recorded)."""
@@ -101,7 +105,7 @@ class _Episode:
 
 def run_episodes(
     env: gym.Env | EnvFactory,
-    policy: Policy,
+    policy: Policy | PolicySpec,
     episodes: int,
     seed: int,
     task_indices: Sequence[int] | None = None,
@@ -111,6 +115,9 @@ def run_episodes(
     seeds: Sequence[int] | None = None,
     reset_options: Sequence[dict[str, Any] | None] | None = None,
     record: bool = False,
+    backend: str = "local",
+    workers: int = 1,
+    ray_address: str | None = None,
 ) -> list[EpisodeResult]:
     """Play ``episodes`` episodes of ``env`` with ``policy``; the results in episode order.
 
@@ -133,7 +140,8 @@ def run_episodes(
     Args:
         env: a cmat-gym environment (wrapped or not; used as is, not closed), or a factory building
             one (its envs are closed at the end). ``batch_size > 1`` needs a factory.
-        policy: any :class:`~cmat_gym.agents.policies.Policy`.
+        policy: any :class:`~cmat_gym.agents.policies.Policy`, or a :class:`~cmat_gym.scale.PolicySpec`
+            (built here).
         episodes: how many episodes to play.
         seed: the seed of episode 0.
         task_indices: the task of each episode, for envs that loaded a task file; its length must
@@ -147,6 +155,13 @@ def run_episodes(
         record: keep every step of every episode in :attr:`EpisodeResult.trajectory` (chat messages, tool
             schemas, actions, observations, rewards, checker verdicts and hindsight), for
             :func:`cmat_gym.trajectories.save_trajectories` and :mod:`cmat_gym.report`.
+        backend: ``"local"`` (this process) or ``"ray"``: the episodes spread over ``workers`` Ray actors
+            (the ``[scale]`` extra; :mod:`cmat_gym.scale.ray_backend`), with the same results, in the same
+            order, as the local sequential run. Ray needs ``env`` as a picklable factory and ``policy``
+            as a :class:`~cmat_gym.scale.PolicySpec` (a policy by name; each worker builds its replica);
+            it takes neither ``batch_size > 1`` nor ``on_episode_end``.
+        workers: Ray actors (``backend="ray"``).
+        ray_address: a running Ray cluster to join (default: a local instance, started and shut down here).
     """
     if episodes < 0:
         raise ValueError(f"Expects episodes >= 0, actual {episodes}")
@@ -158,6 +173,19 @@ def run_episodes(
         raise ValueError(f"Expects one seed per episode ({episodes}), actual {len(seeds)}")
     if reset_options is not None and len(reset_options) != episodes:
         raise ValueError(f"Expects one reset options dict per episode ({episodes}), actual {len(reset_options)}")
+    if backend == "ray":
+        if batch_size != 1 or on_episode_end is not None:
+            raise ValueError("Expects batch_size=1 and no on_episode_end for backend='ray' (each worker plays "
+                             "one episode at a time; use more workers)")
+        from cmat_gym.scale.ray_backend import run_episodes_ray
+
+        return run_episodes_ray(env, policy, episodes, seed, workers=workers, address=ray_address,  # type: ignore[arg-type]
+                                task_indices=task_indices, seeds=seeds, reset_options=reset_options,
+                                record=record, progress=progress)
+    if backend != "local":
+        raise ValueError(f"Expects backend 'local' or 'ray', actual {backend!r}")
+    if isinstance(policy, PolicySpec):
+        policy = policy.build()
     factory = None if isinstance(env, gym.Env) else env
     if factory is None and batch_size > 1:
         raise ValueError("Expects an env factory (a callable returning an env) for batch_size > 1, actual an env")

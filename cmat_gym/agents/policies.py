@@ -149,6 +149,14 @@ class RandomPolicy:
             for state in (self._rngs, self._steps, self._first, self._words):
                 state.pop(slot, None)
 
+    def seek_episode(self, slot: int, episode: int) -> None:
+        """Make ``slot``'s next episode draw the stream of its ``episode``-th one (counting from 0), as if
+        it had played the episodes before: a remote worker playing episode ``i`` of a sequential run alone
+        (:mod:`cmat_gym.scale`) then acts as the local run does."""
+        for state in (self._rngs, self._steps, self._first, self._words):
+            state.pop(slot, None)
+        self._episodes[slot] = episode
+
     # ---------------------------------------------------------------- internals
     def _act_slot(self, slot: int, observation: str) -> str:
         if slot not in self._rngs:
