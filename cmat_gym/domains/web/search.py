@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from collections import OrderedDict
 
 import bm25s
@@ -27,7 +28,7 @@ _TOKEN = re.compile(r"(?u)\b\w\w+\b")  # bm25s's default token pattern
 class SearchEngine:
     """BM25 over ``products`` (default: the whole catalogue); :meth:`search` returns product indices.
 
-    Results of recent queries are cached (paging through results re-runs the same query).
+    Results of recent queries are cached (paging through results re-runs the same query); thread-safe.
     """
 
     def __init__(self, products: tuple[Product, ...] | None = None, cache_size: int = 512) -> None:
@@ -39,6 +40,7 @@ class SearchEngine:
         self._stopwords = set(bm25s.stopwords.STOPWORDS_EN)
         self._cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self._cache_size = cache_size
+        self._lock = threading.Lock()  # one engine serves the in-process shops and a served one's thread
 
     def tokens(self, query: str) -> list[str]:
         """The query's indexed tokens (lower case, no stopwords, known words only)."""
@@ -52,24 +54,27 @@ class SearchEngine:
 
     def clear_cache(self) -> None:
         """Forget cached results (benchmarks time uncached queries)."""
-        self._cache.clear()
+        with self._lock:
+            self._cache.clear()
 
     def search(self, query: str, top_n: int = TOP_N) -> tuple[int, ...]:
         """Indices into ``products`` of the best ``top_n`` matches with a positive score, best first."""
         key = " ".join(self.tokens(query))
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit[:top_n]
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit[:top_n]
         if not key:
             result: tuple[int, ...] = ()
         else:
             scores = self.scores(key)
             order = np.argsort(-scores, kind="stable")[:TOP_N]
             result = tuple(int(i) for i in order if scores[i] > 0)
-        self._cache[key] = result
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[key] = result
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return result[:top_n]
 
 

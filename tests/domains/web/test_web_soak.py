@@ -13,7 +13,7 @@ spec.loader.exec_module(web_soak)
 
 
 def test_short_soak_against_one_served_shop() -> None:
-    result = web_soak.main(["--episodes", "120", "--every", "40", "--abandon", "0.1"])
+    result = web_soak.main(["--episodes", "60", "--every", "20", "--abandon", "0.1"])
     assert result["oracle_success_rate"] == 1.0
     assert result["flat"], result
     # every client ended its session on close; only the abandoned ones are left on the server
