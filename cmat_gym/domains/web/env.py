@@ -20,7 +20,7 @@ from cmat_gym.domains.web import tasks as web_tasks
 from cmat_gym.domains.web.catalogue import products_by_asin
 from cmat_gym.domains.web.search import default_engine
 from cmat_gym.domains.web.server import ShopServer
-from cmat_gym.domains.web.shop import BUY_NOW, NEXT_PAGE, PER_PAGE, Page, Shop, parse_page
+from cmat_gym.domains.web.shop import BUY_NOW, NEXT_PAGE, PER_PAGE, Element, Page, Shop, parse_page
 
 BUY = BUY_NOW.lower()
 MAX_SEARCH_CHARS = 500
@@ -274,7 +274,7 @@ class WebEnv(TextEnv):
             return f"'{element[:80]}' is not clickable on this page; the clickables are: {clickables}"
         return None
 
-    def _find(self, element: str) -> Any:
+    def _find(self, element: str) -> Element | None:
         clickables = self._page.clickables()
         return clickables.get(element) or clickables.get(element.lower()) or next(
             (e for name, e in clickables.items() if name.lower() == element.lower()), None)
@@ -296,12 +296,15 @@ class WebEnv(TextEnv):
             self._page = self._transport.get(f"{search.href}?{urlencode({'q': query})}")
             return self._observe(self._page)
         element = self._find(element_name(action))
+        assert element is not None  # step_parsed checked it (invalid_reason)
         self._page = self._transport.get(element.href)
         prefix = f"You have clicked {element.text}. [SEP] " if element.kind == "option" else ""
         return self._observe(self._page, prefix)
 
     def _finish_answer(self, action: str, parsed: ParsedAction) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        self._page = self._transport.get(self._find(BUY_NOW).href)
+        buy = self._find(BUY_NOW)
+        assert buy is not None  # step_parsed checked it (invalid_reason)
+        self._page = self._transport.get(buy.href)
         # The score is the shop's own (the done page's); the quote only adds its parts.
         reward = float(self._page.reward or 0.0)
         evaluation = Evaluation(reward, reward >= 1.0, reward, self.quote()[1])
