@@ -257,3 +257,32 @@ def test_smollm2_replies_to_a_chat_prompt() -> None:
     reply = policy.act(["What is the capital of France? Answer in one word."], return_details=True)[0]
     assert reply.text.strip()
     assert reply.finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_rows_of_one_length_decode_without_a_mask_and_equal_hf(tiny: tuple[Any, Any], batch: int) -> None:
+    """Rows of one length skip the attention mask (it would keep every column): still HF's tokens and
+    teacher-forced log-probs."""
+    model, tokenizer = tiny
+    engine = RolloutEngine(model, tokenizer, max_batch=8, max_seq_len=128)
+    calls: list[bool] = []
+    step = engine._step_fn
+
+    def spy(b: int, kvl: int, lens: Any = None, full: bool = False) -> Any:
+        calls.append(full)
+        return step(b, kvl, lens, full)
+
+    engine._step_fn = spy
+    prompts = random_prompts(batch, seed=11, lengths=(20, 20))
+    results = engine.generate(prompts, 12, eos_token_ids=())
+    assert calls and all(calls)  # every decode step took the unmasked path
+    assert [r.completion_ids for r in results] == hf_greedy(model, tokenizer, prompts, 12, [])
+    for prompt, r in zip(prompts, results, strict=True):
+        ids = torch.tensor([prompt + r.completion_ids])
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(prompt) - 1 : -1].float()
+        expected = logits.log_softmax(-1).gather(-1, torch.tensor(r.completion_ids)[:, None]).squeeze(-1)
+        torch.testing.assert_close(torch.tensor(r.logprobs), expected, atol=1e-4, rtol=0)
+    calls.clear()
+    engine.generate([prompts[0], prompts[0][:10]], 4, eos_token_ids=())  # unequal rows keep the mask
+    assert calls and not any(calls)
