@@ -664,6 +664,8 @@ def train(args: Args) -> TrainResult:
             "eval_mean_score": mean_or_nan([e.score for e in episodes]),
             "eval_episodes": len(episodes),
             "eval_s": time.perf_counter() - t0,
+            # per-task outcomes, in task order (the same tasks every evaluation): for paired tests
+            "eval_outcomes": [int(e.success) for e in episodes],
         }
         append_jsonl(out / "eval.jsonl", row)
         evals.append(row)
@@ -842,7 +844,7 @@ def train(args: Args) -> TrainResult:
         # ============================================================================ EVAL
         if args.eval_every > 0 and (iteration % args.eval_every == 0 or iteration == args.iterations):
             result = evaluate(iteration)
-            row.update({k: v for k, v in result.items() if k != "iteration"})
+            row.update({k: v for k, v in result.items() if k not in ("iteration", "eval_outcomes")})
 
         row = {k: json_safe(v) for k, v in row.items()}
         metrics.append(row)

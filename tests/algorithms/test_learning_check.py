@@ -1,0 +1,56 @@
+"""The CPU learning check (``benchmarks/learning_check.py``): its task family and statistics (fast), and a
+short PPO run whose training reward must rise (``slow``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import learning_check as lc  # noqa: E402
+
+
+def test_pick_scores_the_first_letter_and_splits_tasks() -> None:
+    from cmat_gym.cmat.wrapper import make_cmat
+
+    env = make_cmat(lc.ensure_registered(), checker="none", memory=None, split="test", max_cycles=1)
+    try:
+        seen = set()
+        for seed in range(6):
+            obs, _ = env.reset(seed=seed)
+            half = env.domain_env.task.payload["half"]
+            seen.add(half)
+            assert lc.HALVES[half] in obs
+            right, wrong = ("apple", "zebra") if half == 0 else ("zebra", "apple")
+            assert env.step(right)[1] == 1.0
+            env.reset(seed=seed)
+            assert env.step(wrong)[1] == 0.0
+            env.reset(seed=seed)
+            assert env.step("42")[1] == 0.0  # not a letter: wrong for both halves
+        assert seen == {0, 1}
+        train_ids = {lc.PickEnv.generate_task(s, "train", 1).instruction for s in range(50)}
+        test_ids = {lc.PickEnv.generate_task(s, "test", 1).instruction for s in range(50)}
+        assert not train_ids & test_ids  # held-out prompts are new prompts
+    finally:
+        env.close()
+
+
+def test_mcnemar_and_sign_test() -> None:
+    assert lc.binom_two_sided(0, 0) == 1.0
+    assert lc.binom_two_sided(0, 5) == pytest.approx(2 / 32)
+    assert lc.binom_two_sided(3, 6) == 1.0
+    result = lc.mcnemar([0, 0, 0, 1, 1, 0], [1, 1, 1, 1, 0, 0])
+    assert (result["gained"], result["lost"]) == (3, 1)
+    assert result["p"] == pytest.approx(2 * (1 + 4) / 16)
+
+
+@pytest.mark.slow
+def test_ppo_raises_the_training_reward_on_pick(tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    summary = lc.main(["--seeds", "1", "--iterations", "12", "--eval-episodes", "32",
+                       "--output-dir", str(tmp_path)])
+    run = summary["runs"][0]
+    assert run["train_reward_last"] > run["train_reward_first"] + 0.1, run
