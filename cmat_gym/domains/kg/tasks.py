@@ -135,8 +135,8 @@ def _question(rng: StableRandom, world: World, difficulty: int) -> tuple[sexpr.S
         if base is None:
             return None
         if kind == "count":
-            return ("COUNT", base.expr), f"How many {TYPE_NOUNS[base.type]} are {base.text}?", kind
-        return base.expr, f"What are {base.text}?", kind
+            return ("COUNT", base.expr), f"How many {TYPE_NOUNS[base.type]} are among {base.text}?", kind
+        return base.expr, f"Name {base.text}.", kind
     if difficulty == 2:
         kind = rng.choice(("hop2", "and", "super", "count2"))
         if kind == "and":
@@ -152,8 +152,8 @@ def _question(rng: StableRandom, world: World, difficulty: int) -> tuple[sexpr.S
             found = _superlative(rng, base)
             return (found[0], found[1], kind) if found else None
         if kind == "count2":
-            return ("COUNT", base.expr), f"How many {TYPE_NOUNS[base.type]} are {base.text}?", kind
-        return base.expr, f"What are {base.text}?", kind
+            return ("COUNT", base.expr), f"How many {TYPE_NOUNS[base.type]} are among {base.text}?", kind
+        return base.expr, f"Name {base.text}.", kind
     kind = rng.choice(("hop3", "and_hop", "super2", "count_and", "and2"))
     if kind in ("and_hop", "count_and", "and2"):
         pair = _pair(rng, world, used, (1, 2) if kind == "and2" else (1, 1))
@@ -166,14 +166,14 @@ def _question(rng: StableRandom, world: World, difficulty: int) -> tuple[sexpr.S
         if kind == "and2":
             return both.expr, f"Which {TYPE_NOUNS[a.type]} are both {a.text} and {b.text}?", kind
         hopped = _hop(rng, both)
-        return (hopped.expr, f"What are {hopped.text}?", kind) if hopped else None
+        return (hopped.expr, f"Name {hopped.text}.", kind) if hopped else None
     base = _chain(rng, world, used, 2 if kind == "super2" else 3)
     if base is None:
         return None
     if kind == "super2":
         found = _superlative(rng, base)
         return (found[0], found[1], kind) if found else None
-    return base.expr, f"What are {base.text}?", kind
+    return base.expr, f"Name {base.text}.", kind
 
 
 # ---------------------------------------------------------------------------- gold action traces

@@ -24,7 +24,7 @@ LOCATION = "location.location"
 class Relation:
     """A relation ``name`` from ``domain`` to ``range`` with its stored inverse ``inverse``; ``low``
     to ``high`` targets per subject; ``phrase``/``inverse_phrase`` describe the targets of a set
-    (``{}`` is the set's description)."""
+    (``{}`` is the set's description; plural, since a set may hold several)."""
 
     name: str
     inverse: str
@@ -50,23 +50,23 @@ class Attribute:
 
 RELATIONS = (
     Relation("people.person.place_of_birth", "location.location.people_born_here", PERSON, CITY, 1, 1,
-             "the city where {} was born", "the people born in {}"),
+             "the birthplaces of {}", "the people born in {}"),
     Relation("people.person.employer", "organization.organization.employees", PERSON, ORG, 1, 2,
              "the employers of {}", "the employees of {}"),
     Relation("organization.organization.headquarters", "location.location.organizations_headquartered_here", ORG,
-             CITY, 1, 1, "the headquarters city of {}", "the organizations headquartered in {}"),
+             CITY, 1, 1, "the headquarters cities of {}", "the organizations headquartered in {}"),
     Relation("location.citytown.country", "location.country.cities", CITY, COUNTRY, 1, 1,
-             "the country of {}", "the cities in {}"),
+             "the countries of {}", "the cities in {}"),
     Relation("book.written_work.author", "people.person.works_written", BOOK, PERSON, 1, 2,
              "the authors of {}", "the works written by {}"),
     Relation("book.written_work.publisher", "organization.organization.works_published", BOOK, ORG, 1, 1,
-             "the publisher of {}", "the works published by {}"),
+             "the publishers of {}", "the works published by {}"),
     Relation("time.event.locations", "location.location.events", EVENT, CITY, 1, 1,
-             "the city where {} took place", "the events held in {}"),
+             "the locations of {}", "the events held in {}"),
     Relation("time.event.participants", "people.person.events_participated_in", EVENT, PERSON, 2, 3,
              "the participants of {}", "the events {} took part in"),
     Relation("time.event.sponsors", "organization.organization.events_sponsored", EVENT, ORG, 1, 1,
-             "the sponsor of {}", "the events sponsored by {}"),
+             "the sponsors of {}", "the events sponsored by {}"),
 )
 
 ATTRIBUTES = (
