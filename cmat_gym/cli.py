@@ -335,8 +335,6 @@ def check_ray(args: argparse.Namespace) -> None:
         return
     if args.workers < 1:
         raise CLIError(f"--workers must be at least 1, got {args.workers}")
-    if args.batch_size != 1:
-        raise CLIError("--ray plays one episode at a time per worker: use --workers instead of --batch-size")
     if args.memory != "off" or args.trials > 1:
         raise CLIError("--ray takes no --memory on or --trials (a reflection memory lives in one process)")
     if args.checker not in (None, "rule", "none"):
@@ -524,7 +522,7 @@ def run_policy(
         build = evaluation.env_factory(args.env, cmat=args.cmat, checker=args.checker or "rule", **env_kwargs(args))
         try:
             return run_episodes(build, policy, episodes, args.seed, task_indices=task_indices, progress=progress,
-                                record=recording(args), backend="ray", workers=args.workers,
+                                record=recording(args), batch_size=args.batch_size, backend="ray", workers=args.workers,
                                 ray_address=args.ray_address)
         except ImportError as exc:  # Ray missing: the [scale] extra
             raise CLIError(str(exc)) from exc

@@ -159,7 +159,8 @@ def run_episodes(
             (the ``[scale]`` extra; :mod:`cmat_gym.scale.ray_backend`), with the same results, in the same
             order, as the local sequential run. Ray needs ``env`` as a picklable factory and ``policy``
             as a :class:`~cmat_gym.scale.PolicySpec` (a policy by name; each worker builds its replica);
-            it takes neither ``batch_size > 1`` nor ``on_episode_end``.
+            it takes no ``on_episode_end``. ``batch_size`` is then per worker, with the guarantee of
+            local batching (equal results for policies that act on their slot's episode alone).
         workers: Ray actors (``backend="ray"``).
         ray_address: a running Ray cluster to join (default: a local instance, started and shut down here).
     """
@@ -174,14 +175,13 @@ def run_episodes(
     if reset_options is not None and len(reset_options) != episodes:
         raise ValueError(f"Expects one reset options dict per episode ({episodes}), actual {len(reset_options)}")
     if backend == "ray":
-        if batch_size != 1 or on_episode_end is not None:
-            raise ValueError("Expects batch_size=1 and no on_episode_end for backend='ray' (each worker plays "
-                             "one episode at a time; use more workers)")
+        if on_episode_end is not None:
+            raise ValueError("Expects no on_episode_end for backend='ray' (the envs live in the workers)")
         from cmat_gym.scale.ray_backend import run_episodes_ray
 
         return run_episodes_ray(env, policy, episodes, seed, workers=workers, address=ray_address,  # type: ignore[arg-type]
                                 task_indices=task_indices, seeds=seeds, reset_options=reset_options,
-                                record=record, progress=progress)
+                                record=record, progress=progress, batch_size=batch_size)
     if backend != "local":
         raise ValueError(f"Expects backend 'local' or 'ray', actual {backend!r}")
     if isinstance(policy, PolicySpec):

@@ -1,17 +1,22 @@
 """Distributed rollouts on Ray actors: the Ray backend of :func:`cmat_gym.evaluation.run_episodes`.
 
-Layout: ``workers`` actors (one CPU each), each holding one env from the factory and its own policy
-replica built from a :class:`~cmat_gym.scale.specs.PolicySpec` (or a client of a shared model server:
-``PolicySpec("openai", ...)``). The driver cuts the run into chunks of consecutive episodes and keeps
-every actor busy with up to two chunks (the second hides the round trip); results come back per
-chunk and are put in episode order.
+Layout: ``workers`` actors (one CPU each), each holding ``batch_size`` envs from the factory and its
+own policy replica built from a :class:`~cmat_gym.scale.specs.PolicySpec` (or a client of a shared
+model server: ``PolicySpec("openai", ...)``). The driver cuts the run into chunks of consecutive
+episodes and keeps every actor busy with up to two chunks (the second hides the round trip); results
+come back per chunk and are put in episode order. With ``batch_size > 1`` an actor plays its chunk
+with :func:`run_episodes`'s continuous batching: a language model (a replica, or a server that batches
+concurrent requests) then generates for ``workers x batch_size`` episodes at once.
 
 **Same results as the local run.** Episode ``i`` gets exactly what the local sequential run
 (``batch_size=1``) gives it: reset seed ``seed + i`` (or ``seeds[i]``), task ``task_indices[i]``,
 ``reset_options[i]``, and the policy's slot 0 put where it stands before episode ``i`` locally
-(:func:`~cmat_gym.scale.specs.seek_episode`), whichever worker plays it and in whatever order. What
-cannot be the same is state shared *across* episodes: a read-write reflection memory lives in one
-process, so a Ray run takes envs without one (each actor pickles the factory).
+(:func:`~cmat_gym.scale.specs.seek_episode`), whichever worker plays it and in whatever order. With
+``batch_size > 1`` the guarantee is the one of local batching: equal results for policies whose
+actions depend only on their slot's episode (the oracle; a greedy language model up to float rounding
+of padded batches), not for the random agent, whose streams follow the slots. What cannot be the same
+is state shared *across* episodes: a read-write reflection memory lives in one process, so a Ray run
+takes envs without one (each actor pickles the factory).
 
 **Worker failure.** An actor that dies (killed, its node lost, out of memory) loses the chunks it held;
 they go back to the queue, are played again by a fresh actor, and every such episode says so in
@@ -30,12 +35,14 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
+import gymnasium as gym
 from tqdm import tqdm
 
 from cmat_gym.agents.policies import is_model_policy
@@ -66,24 +73,34 @@ def require_ray() -> Any:
     return ray
 
 
+class _Kept(gym.Wrapper):
+    """A worker's env lent to one :func:`run_episodes` call, which closes its factory's envs: kept open
+    here, for the next chunk."""
+
+    def close(self) -> None:
+        """Keep the env open (the worker closes it)."""
+
+
 class RolloutWorker:
-    """One worker's env and policy replica, playing chunks of episodes (a Ray actor's body; plain
+    """One worker's envs and policy replica, playing chunks of episodes (a Ray actor's body; plain
     Python, so it also runs in-process).
 
     Args:
-        env: a picklable factory of the env (built once, reused for every episode).
+        env: a picklable factory of the env (built ``batch_size`` times, reused for every episode).
         policy: the policy to build here.
         record: keep each episode's trajectory (:func:`run_episodes`'s ``record``).
+        batch_size: episodes played at once (continuous batching; 1: one at a time, exactly as the
+            local sequential run).
     """
 
-    def __init__(self, env: EnvFactory, policy: PolicySpec, record: bool = False) -> None:
+    def __init__(self, env: EnvFactory, policy: PolicySpec, record: bool = False, batch_size: int = 1) -> None:
         if is_model_policy(policy.name):
             # One torch thread per worker process: N workers on N cores, not N x cores threads fighting.
             import torch
 
             torch.set_num_threads(1)
         self.policy = policy.build()
-        self.env = env()
+        self.envs = [env() for _ in range(batch_size)]
         self.record = record
         self.pid = os.getpid()
 
@@ -92,20 +109,31 @@ class RolloutWorker:
         return self.pid
 
     def play(self, chunk: Sequence[EpisodeSpec]) -> list[EpisodeResult]:
-        """Play each episode of ``chunk`` alone, exactly as the local sequential run plays it."""
+        """Play the episodes of ``chunk``: one at a time, each exactly as the local sequential run plays it;
+        or, with ``batch_size > 1``, with continuous batching over the worker's envs."""
+        with_tasks = chunk[0].task_index is not None
+        if len(self.envs) > 1:
+            lent = list(self.envs)
+            return run_episodes(
+                lambda: _Kept(lent.pop()), self.policy, len(chunk), 0, progress=False, record=self.record,
+                batch_size=len(self.envs), seeds=[spec.seed for spec in chunk],
+                task_indices=[spec.task_index for spec in chunk] if with_tasks else None,  # type: ignore[misc]
+                reset_options=[spec.options for spec in chunk],
+            )
         results = []
         for spec in chunk:
             seek_episode(self.policy, 0, spec.index)
             results += run_episodes(
-                self.env, self.policy, 1, spec.seed, progress=False, record=self.record,
-                task_indices=None if spec.task_index is None else [spec.task_index],
-                reset_options=None if spec.options is None else [spec.options],
+                self.envs[0], self.policy, 1, spec.seed, progress=False, record=self.record,
+                task_indices=[spec.task_index] if with_tasks else None,  # type: ignore[list-item]
+                reset_options=[spec.options],
             )
         return results
 
     def close(self) -> None:
-        """Close the env."""
-        self.env.close()
+        """Close the envs."""
+        for env in self.envs:
+            env.close()
 
 
 @contextmanager
@@ -150,8 +178,10 @@ def run_episodes_ray(
     reset_options: Sequence[dict[str, Any] | None] | None = None,
     record: bool = False,
     progress: bool = True,
+    batch_size: int = 1,
     chunk_size: int | None = None,
     on_submit: Callable[[Any, int], None] | None = None,
+    stats: dict[str, float] | None = None,
 ) -> list[EpisodeResult]:
     """Play the episodes :func:`run_episodes` would play, on ``workers`` Ray actors; results in episode order.
 
@@ -160,14 +190,17 @@ def run_episodes_ray(
         policy: the policy as a :class:`PolicySpec` (each actor builds its replica).
         workers: actors to start.
         address: a running cluster to join (default: Ray as initialised, else a local instance).
+        batch_size: episodes each actor plays at once (see the module's doc for what stays equal).
         chunk_size: episodes per task sent to an actor (default: about 8 chunks per worker, at most 16
-            episodes each).
+            episodes each, and at least 4 batches with ``batch_size > 1``).
         on_submit: called with the actor handle and the number of chunks submitted so far, right after
             each submission (tests kill an actor there).
+        stats: a dict to fill with ``startup_s`` (actors started, envs and policies built), ``play_s``
+            (first submission to last result) and ``rerun`` (episodes re-run after a worker failure).
         task_indices, seeds, reset_options, record, progress: as :func:`run_episodes`.
     """
-    if workers < 1:
-        raise ValueError(f"Expects workers >= 1, actual {workers}")
+    if workers < 1 or batch_size < 1:
+        raise ValueError(f"Expects workers >= 1 and batch_size >= 1, actual {workers} and {batch_size}")
     if not isinstance(policy, PolicySpec):
         raise ValueError("Expects the policy as a PolicySpec(name, kwargs) for backend='ray' (each worker builds "
                          f"its own replica), actual {type(policy).__name__}")
@@ -177,7 +210,7 @@ def run_episodes_ray(
     specs = episode_specs(episodes, seed, task_indices, seeds, reset_options)
     if not specs:
         return []
-    size = chunk_size or max(1, min(16, -(-episodes // (8 * workers))))
+    size = chunk_size or max(1, min(16, -(-episodes // (8 * workers))), 4 * batch_size if batch_size > 1 else 1)
     pending = deque(specs[i:i + size] for i in range(0, episodes, size))
     results: list[EpisodeResult | None] = [None] * episodes
     reruns = [0] * episodes
@@ -188,12 +221,14 @@ def run_episodes_ray(
         remote = ray.remote(num_cpus=1, max_restarts=0)(RolloutWorker)
 
         def start_actor() -> Any:
-            actor = remote.remote(env, policy, record)
+            actor = remote.remote(env, policy, record, batch_size)
             ray.get(actor.ready.remote())  # a bad spec fails here, with its own traceback
             return actor
 
-        actors = [remote.remote(env, policy, record) for _ in range(workers)]
+        started = time.perf_counter()
+        actors = [remote.remote(env, policy, record, batch_size) for _ in range(workers)]
         ray.get([actor.ready.remote() for actor in actors])
+        playing = time.perf_counter()
         in_flight: dict[Any, tuple[int, Any, list[EpisodeSpec]]] = {}
         load = [0] * workers
         submitted = 0
@@ -235,6 +270,8 @@ def run_episodes_ray(
                         results[spec.index] = result
                     bar.update(len(chunk))
                 fill()
+            if stats is not None:
+                stats.update(startup_s=playing - started, play_s=time.perf_counter() - playing)
         finally:
             bar.close()
             try:  # close the envs (an OS sandbox's shell) before the processes go
@@ -244,6 +281,8 @@ def run_episodes_ray(
             for actor in actors:
                 ray.kill(actor)
     rerun = sum(r > 0 for r in reruns)
+    if stats is not None:
+        stats["rerun"] = rerun
     if rerun:
         sys.stderr.write(f"re-run after worker failure: {rerun} episodes\n")
     return [replace(result, reruns=n) if n else result  # type: ignore[arg-type]

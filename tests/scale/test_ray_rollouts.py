@@ -69,6 +69,19 @@ def test_random_needs_the_episode_position() -> None:
     assert fresh != sequential
 
 
+def test_batched_workers_equal_local() -> None:
+    """batch_size per worker (continuous batching over the worker's envs): the oracle's results, which depend
+    only on each episode, equal the local sequential run's; the chunks leave the workers' envs open."""
+    factory = env_factory("cmat/DB-v0")
+    local = run_episodes(factory, make_policy("oracle", domain="db"), 14, seed=2, progress=False)
+    from cmat_gym.scale.ray_backend import run_episodes_ray
+
+    # Chunks of 4 on 2 workers: each worker plays at least two chunks with the same 3 envs.
+    remote = run_episodes_ray(factory, PolicySpec("oracle", {"domain": "db"}), 14, seed=2, progress=False,
+                              workers=2, batch_size=3, chunk_size=4)
+    assert remote == local, differences(local, remote)
+
+
 def test_cmat_env_results_equal_local() -> None:
     local, remote = local_and_ray("cmat/DB-v0", "random", 8, "db", cmat=True)
     assert remote == local, differences(local, remote)
@@ -121,8 +134,9 @@ def test_bad_arguments_are_rejected() -> None:
         run_episodes(factory, make_policy("oracle", domain="db"), 2, 0, backend="ray", workers=2)
     with pytest.raises(ValueError, match="factory"):
         run_episodes(factory(), PolicySpec("oracle", {"domain": "db"}), 2, 0, backend="ray", workers=2)
-    with pytest.raises(ValueError, match="batch_size"):
-        run_episodes(factory, PolicySpec("oracle", {"domain": "db"}), 2, 0, backend="ray", batch_size=2)
+    with pytest.raises(ValueError, match="on_episode_end"):
+        run_episodes(factory, PolicySpec("oracle", {"domain": "db"}), 2, 0, backend="ray",
+                     on_episode_end=lambda result, env: None)
     with pytest.raises(ValueError, match="backend"):
         run_episodes(factory, PolicySpec("oracle", {"domain": "db"}), 2, 0, backend="dask")
 
@@ -140,3 +154,23 @@ def test_cli_ray_equals_local(capsys) -> None:
 def test_cli_ray_rejects_shared_memory(capsys) -> None:
     assert cli.main(["eval", "--cmat", "--memory", "on", "--ray", "--episodes", "2"]) == 2
     assert "--ray" in capsys.readouterr().err
+
+
+def test_scaling_benchmark_runs(capsys, tmp_path) -> None:
+    """benchmarks/scaling.py end to end with tiny sizes (figures live in docs/results/scaling.md, not here)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import scaling
+
+    assert scaling.main(["--workers", "1", "2", "--db-episodes", "4", "--os-episodes", "0", "--png", ""]) == 0
+    out = capsys.readouterr().out
+    assert "DB-v0 oracle" in out and "DB-v0 random" in out and "same" in out
+    rows = [line for line in out.splitlines() if line.startswith("DB-v0")]
+    assert all(line.rstrip().endswith("yes") for line in rows)  # Ray's results equal the local run's
+    figures = tmp_path / "predict.json"
+    assert scaling.main(["--predict", "--cpu-episodes", "3", "--json", str(figures)]) == 0
+    predicted = json.loads(figures.read_text())
+    assert [row["machines"] for row in predicted["rows"]] == [1, 8, 64]
+    assert scaling.lora_params(8) == 8 * 10176 * 30  # SmolLM2-135M: r * (in + out) over 7 linears x 30 layers
