@@ -215,3 +215,15 @@ def test_requests_waiting_together_are_decoded_in_one_batch(client: tuple[TestCl
     assert generator.batches == [1, 3, 1]
     assert len({c.text for c in completions[1:4]}) == 1  # greedy: the batched rows agree
     assert len(completions[4].completion_ids) <= 2
+
+
+@pytest.mark.slow  # starts its own server (~20 s on a busy machine)
+def test_serve_parity_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_parity", REPO / "benchmarks" / "serve_parity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--model", "tiny-random", "--tasks", "2", "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "identical first actions: " in out and "/2" in out and "'requests': 2" in out
