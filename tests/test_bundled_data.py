@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -77,8 +78,15 @@ def test_cli_eval_oracle_on_the_bundled_dbbench_split(capsys: pytest.CaptureFixt
 def test_the_wheel_carries_the_data(tmp_path: Path) -> None:
     """A built wheel holds the three splits, their NOTICE and LICENSE, and py.typed (package-data)."""
     pytest.importorskip("setuptools")
+    # Build from a copy: setuptools writes build/ and *.egg-info next to the sources, and others share the tree.
+    source = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in ("cmat_gym", "algorithms"):
+        shutil.copytree(REPO / name, source / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md", "LICENSE", "NOTICE"):
+        shutil.copy(REPO / name, source / name)
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                             "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+                             "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     (wheel,) = tmp_path.glob("cmat_gym-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -88,3 +96,4 @@ def test_the_wheel_carries_the_data(tmp_path: Path) -> None:
         digest = hashlib.sha256(zipfile.ZipFile(wheel).read(member)).hexdigest()
         assert digest == hashlib.sha256((AGENTBENCH_DIR / file).read_bytes()).hexdigest()
     assert {"cmat_gym/data/agentbench/NOTICE", "cmat_gym/data/agentbench/LICENSE", "cmat_gym/py.typed"} <= names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
