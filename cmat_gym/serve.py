@@ -22,8 +22,10 @@ message and the newest exchanges (:meth:`~cmat_gym.agents.chat_agent.ChatAgent.c
 bodies are limited to ``MAX_BODY_BYTES`` and ``MAX_MESSAGES`` messages; errors are OpenAI-style
 ``{"error": {"message", "type", "code"}}`` objects, never tracebacks.
 
-Not served: streaming, logprobs, embeddings, and the KV reuse across turns that in-process agents
-get (each request is prefilled whole).
+KV reuse: the engine prefills only what a prompt adds to the longest prefix its cache rows hold, so a
+conversation's next turn reuses its earlier turns while their row has not been taken by other
+requests; the server keeps no sessions, so unlike in-process agents (which pin a row per episode) a
+busy server can lose them. Not served: streaming, logprobs, embeddings.
 """
 
 from __future__ import annotations
