@@ -227,3 +227,36 @@ def test_serve_parity_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None
     assert module.main(["--model", "tiny-random", "--tasks", "2", "--max-new-tokens", "4"]) == 0
     out = capsys.readouterr().out
     assert "identical first actions: " in out and "/2" in out and "'requests': 2" in out
+
+
+def test_serve_loads_a_lora_adapter_and_answers_with_it(tmp_path: Path) -> None:
+    """--adapter: the served model is the base model with the saved LoRA adapter (its weights, not zeros)."""
+    import argparse
+
+    import torch
+
+    from cmat_gym.serve import add_arguments, load_generator
+
+    pytest.importorskip("peft")
+    trained = LMPolicy.from_pretrained("tiny-random")
+    trained.add_adapter("lora", init_lora_weights=False)  # random B: the adapter changes the outputs
+    trained.save_adapter(tmp_path / "adapter")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--model", "tiny-random", "--adapter", str(tmp_path / "adapter"), "--device", "cpu",
+                              "--max-tokens", "6", "--max-batch", "2"])
+    generator = load_generator(args)
+    try:
+        assert getattr(generator.lm.model, "peft_config", None)  # the adapter is on
+        with TestClient(build_app(generator, "tiny+lora", max_tokens=6)) as test_client:
+            reply = test_client.post("/v1/chat/completions", json={
+                "model": "tiny+lora", "temperature": 0, "messages": [{"role": "user", "content": "Count the rows."}]})
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1
+        ids = torch.tensor([generator.lm.prompt_ids([{"role": "user", "content": "hi"}])])
+        with torch.no_grad():
+            with_adapter = generator.lm.model(ids).logits
+            with generator.lm.model.disable_adapter():
+                base = generator.lm.model(ids).logits
+        assert not torch.allclose(with_adapter, base)
+    finally:
+        generator.close()
