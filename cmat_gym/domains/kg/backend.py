@@ -152,7 +152,7 @@ class OxigraphBackend(SPARQLBackend):
                 if len(rows) >= cap:
                     self.truncated = True
                     break
-                rows.append(tuple(_ox_text(term) for term in solution))
+                rows.append(tuple(map(_ox_text, solution)))
                 if i & 255 == 255 and time.perf_counter() > deadline:
                     raise QueryError(f"query timed out after {self.timeout_s:g} s")
         except (OSError, RuntimeError) as exc:
