@@ -181,6 +181,8 @@ class KGEnv(TextEnv):
             return self._run(action, *check.operands)
         except QueryError as exc:
             return self._cannot(action, f"The query failed: {exc}")
+        except ValueError as exc:
+            return self._cannot(action, f"Invalid name: {exc}")
 
     # ----------------------------------------------------------------- checking a call (also the checker's dry run)
     def check_call(self, action: ParsedAction) -> CallCheck:
@@ -215,6 +217,8 @@ class KGEnv(TextEnv):
             return CallCheck(self._cannot(action, str(exc)))
         except QueryError as exc:
             return CallCheck(self._cannot(action, f"The query failed: {exc}"))
+        except ValueError as exc:  # a name from a task file that is no Freebase name: never queried
+            return CallCheck(self._cannot(action, f"Invalid name: {exc}"))
 
     def _check_name(self, action: ParsedAction, expr: sexpr.SExpr, name: str, valid: list[str], what: str,
                     lister: str, type_: str) -> CallCheck:

@@ -162,3 +162,22 @@ def test_hostile_names_reach_no_query(env: KGEnv, name: str) -> None:
     env.step(f"Action: get_neighbors({entity}, {name})")  # a relation: checked against the store's list
     env.step(json.dumps({"tool": "get_neighbors", "args": {"variable": entity, "relation": name}}))
     assert len(store) == before
+
+
+def test_hostile_ids_in_a_task_file_reach_no_query() -> None:
+    from conftest import FIXTURE
+
+    from cmat_gym.core.task import Task
+
+    evil = 'm.0a> } ; DROP ALL ; SELECT * WHERE { ?s ?p ?o'
+    task = Task("kg", "file/0", "Question: x?\nEntities: [Evil]", "", {
+        "source": "agentbench", "entities": {"Evil": evil}, "actions": [], "answer": ["m.0a"]})
+    env = KGEnv(tasks=[task], graph=FIXTURE)
+    env.reset(options={"task_index": 0})
+    before = len(env.backend.store)
+    for action in ("Action: get_relations(Evil)", "Action: get_neighbors(Evil, media_common.quotation.author)"):
+        observation, _, terminated, _, info = env.step(action)
+        assert "cannot be executed" in observation and "Invalid name" in observation and info["error"] is None
+    assert len(env.backend.store) == before
+    assert env.step("Final Answer: Evil")[4]["score"] == 0.0  # an answer is matched as text, never queried
+    env.close()
