@@ -134,3 +134,33 @@ def test_the_endpoint_backend_runs_the_same_queries_over_http(sparql_server: SPA
         endpoint.select("SELECT WHERE {")
     with pytest.raises(ValueError, match="http"):
         SPARQLEndpoint("file:///etc/passwd")
+
+
+def test_the_endpoint_backend_caps_rows_and_times_out(sparql_server: SPARQLServer) -> None:
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    capped = SPARQLEndpoint(sparql_server.url, max_rows=2)
+    assert len(capped.select("SELECT ?s WHERE { ?s ?p ?o }")) == 2 and capped.truncated
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            time.sleep(2)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        slow = SPARQLEndpoint(f"http://127.0.0.1:{server.server_address[1]}/sparql", timeout_s=0.3)
+        start = time.perf_counter()
+        with pytest.raises(QueryError, match="too slow"):
+            slow.select("SELECT ?s WHERE { ?s ?p ?o }")
+        assert time.perf_counter() - start < 1.5
+    finally:
+        server.shutdown()
+        server.server_close()
