@@ -28,6 +28,10 @@ NUMBER_TYPE = "type.int"
 INVALID_VARIABLE = "Invalid variable id! Need to recheck the action."
 _HIDDEN_PREFIXES = ("type.", "common.", "kg.")
 MAX_LISTED = 200  # relations / attributes listed in one observation
+# Programs share sub-programs, so intersection(#k, #k) or an argmax of an argmax doubles the SPARQL
+# each time: fourteen such calls would make a query of 16k patterns. A cap on the compiled size stops
+# that; AgentBench's dev programs need at most a dozen patterns.
+MAX_PROGRAM_COST = 64
 
 
 class NeedsEndpoint(ValueError):
@@ -41,6 +45,7 @@ class Variable:
     type: str
     expr: sexpr.SExpr
     empty: bool
+    cost: int = 1  # graph patterns its SPARQL holds (see MAX_PROGRAM_COST)
 
     @property
     def program(self) -> str:
@@ -55,6 +60,7 @@ class CallCheck:
 
     error: str | None
     operands: tuple[Any, ...] = ()
+    cost: int = 0
 
 
 class KGEnv(TextEnv):
@@ -178,11 +184,11 @@ class KGEnv(TextEnv):
         if check.error is not None:
             return check.error
         try:
-            return self._run(action, *check.operands)
+            return self._run(action, check)
         except QueryError as exc:
             return self._cannot(action, f"The query failed: {exc}")
         except ValueError as exc:
-            return self._cannot(action, f"Invalid name: {exc}")
+            return self._cannot(action, f"Cannot compile: {exc}")
 
     # ----------------------------------------------------------------- checking a call (also the checker's dry run)
     def check_call(self, action: ParsedAction) -> CallCheck:
@@ -192,38 +198,45 @@ class KGEnv(TextEnv):
         tool, args = action.tool, action.args
         try:
             if tool in ("get_relations", "get_neighbors"):
-                expr, type_ = self.resolve(args["variable"], entities=True)
+                expr, type_, cost = self.resolve(args["variable"], entities=True)
             else:
-                expr, type_ = self.resolve(args["variable" if "variable" in args else "variable1"], entities=False)
+                expr, type_, cost = self.resolve(args["variable" if "variable" in args else "variable1"],
+                                                 entities=False)
             if type_ == NUMBER_TYPE:
                 return CallCheck(self._cannot(action, "That variable is a number (from count); it has no "
                                                       "relations, attributes or members to combine."))
             if tool == "get_neighbors":
                 return self._check_name(action, expr, args["relation"], self.relations_of(expr), "relation",
-                                        "get_relations", type_)
-            if tool in ("argmax", "argmin"):
+                                        "get_relations", type_, cost + 1)
+            if tool in ("argmax", "argmin"):  # the set is compiled twice: once for its members, once for the best
                 return self._check_name(action, expr, args["attribute"], self.attributes_of(expr), "attribute",
-                                        "get_attributes", type_)
+                                        "get_attributes", type_, 2 * cost + 2)
             if tool == "intersection":
-                other, other_type = self.resolve(args["variable2"], entities=False)
+                other, other_type, other_cost = self.resolve(args["variable2"], entities=False)
                 if other_type != type_:
                     return CallCheck(
                         f"intersection({args['variable1']}, {args['variable2']}) cannot be executed. The two "
                         f"variables are not of the same type. You may further explore them by call get_relations "
                         f"({args['variable1']} are instances of {type_}, {args['variable2']} of {other_type}).")
-                return CallCheck(None, (expr, type_, other))
-            return CallCheck(None, (expr, type_))
+                return self._checked(action, (expr, type_, other), cost + other_cost)
+            return self._checked(action, (expr, type_), cost)
         except _Unresolved as exc:
             return CallCheck(self._cannot(action, str(exc)))
         except QueryError as exc:
             return CallCheck(self._cannot(action, f"The query failed: {exc}"))
-        except ValueError as exc:  # a name from a task file that is no Freebase name: never queried
-            return CallCheck(self._cannot(action, f"Invalid name: {exc}"))
+        except ValueError as exc:  # a task file's name that is no Freebase name, a bad program: never queried
+            return CallCheck(self._cannot(action, f"Cannot compile: {exc}"))
+
+    def _checked(self, action: ParsedAction, operands: tuple[Any, ...], cost: int) -> CallCheck:
+        if cost > MAX_PROGRAM_COST:
+            return CallCheck(self._cannot(action, f"The new variable's query would be too large ({cost} patterns, "
+                                                  f"at most {MAX_PROGRAM_COST}): build it from smaller variables."))
+        return CallCheck(None, operands, cost)
 
     def _check_name(self, action: ParsedAction, expr: sexpr.SExpr, name: str, valid: list[str], what: str,
-                    lister: str, type_: str) -> CallCheck:
+                    lister: str, type_: str, cost: int) -> CallCheck:
         if name in valid:
-            return CallCheck(None, (expr, type_, name))
+            return self._checked(action, (expr, type_, name), cost)
         close = difflib.get_close_matches(name, valid, n=3, cutoff=0.4)
         hint = f" Closest: {', '.join(close)}." if close else ""
         listed = "" if valid else f" It has no {what}s."
@@ -235,9 +248,9 @@ class KGEnv(TextEnv):
         args = ", ".join(str(v) for v in action.args.values())
         return f"{action.tool}({args}) cannot be executed. You may make a mistake and need to fix it. {why}"
 
-    def resolve(self, text: str, *, entities: bool) -> tuple[sexpr.SExpr, str]:
-        """(program, type) of a tool argument: ``#n`` (also ``variable #n``), or with ``entities`` an
-        entity of the question by name (any case) or a Freebase id. Raises _Unresolved."""
+    def resolve(self, text: str, *, entities: bool) -> tuple[sexpr.SExpr, str, int]:
+        """(program, type, cost) of a tool argument: ``#n`` (also ``variable #n``), or with ``entities``
+        an entity of the question by name (any case) or a Freebase id. Raises _Unresolved."""
         text = text.strip()
         for prefix in ("variable ", "Variable "):
             text = text.removeprefix(prefix)
@@ -248,7 +261,7 @@ class KGEnv(TextEnv):
                 bound = f"#0 to #{len(self.variables) - 1}" if self.variables else "none yet"
                 raise _Unresolved(f"Variable {text} is not bound (bound: {bound}).")
             var = self.variables[index]
-            return var.expr, var.type
+            return var.expr, var.type, var.cost
         if not entities:
             raise _Unresolved(f"'{text[:80]}' is not a variable: this tool takes a variable such as #0.")
         entity = self.entities.get(text) or self._folded.get(text.casefold())
@@ -259,7 +272,7 @@ class KGEnv(TextEnv):
             arity = " If you meant several arguments: this tool takes one." if "," in text else ""
             raise _Unresolved(f"'{text[:80]}' is neither a variable nor an entity of the question "
                               f"(entities: {names}).{arity}")
-        return entity, "entity"
+        return entity, "entity", 1
 
     # ----------------------------------------------------------------- store look-ups (cached per program)
     def relations_of(self, expr: sexpr.SExpr) -> list[str]:
@@ -291,8 +304,8 @@ class KGEnv(TextEnv):
         return self._types[relation]
 
     # ----------------------------------------------------------------- running a checked call
-    def _run(self, action: ParsedAction, *operands: Any) -> str:
-        tool = action.tool
+    def _run(self, action: ParsedAction, check: CallCheck) -> str:
+        tool, operands, cost = action.tool, check.operands, check.cost
         if tool == "get_relations":
             return f"Observation: [{', '.join(self.relations_of(operands[0])[:MAX_LISTED])}]"
         if tool == "get_attributes":
@@ -300,17 +313,17 @@ class KGEnv(TextEnv):
         if tool == "get_neighbors":
             expr, _, relation = operands
             new = sexpr.forward(relation, expr)
-            return self._bind(new, self.range_of(relation, new))
+            return self._bind(new, self.range_of(relation, new), cost)
         if tool == "intersection":
-            return self._bind(("AND", operands[0], operands[2]), operands[1])
+            return self._bind(("AND", operands[0], operands[2]), operands[1], cost)
         if tool in ("argmax", "argmin"):
             expr, type_, attribute = operands
-            return self._bind((tool.upper(), expr, attribute), type_)
-        return self._bind(("COUNT", operands[0]), NUMBER_TYPE)
+            return self._bind((tool.upper(), expr, attribute), type_, cost)
+        return self._bind(("COUNT", operands[0]), NUMBER_TYPE, cost)
 
-    def _bind(self, expr: sexpr.SExpr, type_: str) -> str:
+    def _bind(self, expr: sexpr.SExpr, type_: str, cost: int) -> str:
         empty = not self.backend.select(sexpr.exists_query(expr), max_rows=1)
-        variable = Variable(type_, expr, empty)
+        variable = Variable(type_, expr, empty, cost)
         self.variables.append(variable)
         self.last_bound = variable
         n = len(self.variables) - 1
@@ -326,11 +339,11 @@ class KGEnv(TextEnv):
             return False, check.error
         try:
             if action.tool in ("get_relations", "get_attributes"):
-                text = self._run(action, *check.operands)
+                text = self._run(action, check)
                 return not text.endswith("[]"), text
             saved = list(self.variables), self.last_bound
             try:
-                text = self._run(action, *check.operands)
+                text = self._run(action, check)
                 fine = self.last_bound is not None and not self.last_bound.empty
             finally:
                 self.variables, self.last_bound = saved

@@ -177,7 +177,20 @@ def test_hostile_ids_in_a_task_file_reach_no_query() -> None:
     before = len(env.backend.store)
     for action in ("Action: get_relations(Evil)", "Action: get_neighbors(Evil, media_common.quotation.author)"):
         observation, _, terminated, _, info = env.step(action)
-        assert "cannot be executed" in observation and "Invalid name" in observation and info["error"] is None
+        assert "cannot be executed" in observation and "Cannot compile" in observation and info["error"] is None
     assert len(env.backend.store) == before
     assert env.step("Final Answer: Evil")[4]["score"] == 0.0  # an answer is matched as text, never queried
     env.close()
+
+
+def test_self_doubling_programs_are_capped(env: KGEnv) -> None:
+    task = generate_task(0, "train", 1)
+    env.reset(options={"task": task})
+    name = next(iter(task.payload["entities"]))
+    relation = task.payload["s_expression"].split()[2].rstrip(")")
+    env.step(f"Action: get_neighbors({name}, {relation})")
+    observations = [env.step(f"Action: intersection(#{i}, #{i})")[0] for i in range(7)]
+    assert all(o.startswith("Observation: variable") for o in observations[:5])
+    assert "too large" in observations[5] and len(env.variables) == 6
+    env.step("Action: argmax(#5, location.citytown.population)")  # doubles too: refused or no attribute
+    assert len(env.variables) == 6
