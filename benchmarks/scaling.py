@@ -135,7 +135,8 @@ def plot(rows: Sequence[dict[str, Any]], workers: Sequence[int], path: str, core
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"Distributed rollouts on {cores} CPU cores (machine shared with other jobs)", fontsize=10)
+    fig.suptitle(f"Distributed rollouts on {cores} CPU cores (machine shared with other jobs: load average "
+                 f"{os.getloadavg()[0]:.0f} at the end)", fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=110)
