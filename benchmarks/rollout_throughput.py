@@ -19,8 +19,11 @@ On CPU the default compares, for tiny-random and SmolLM2 at batch 1 and 16: HF `
 (torch's thread count, and the engine's when that differs), the engine before this change
 (``engine:legacy``: ``RolloutEngine(legacy=True)``, torch's thread count) and now
 (``engine:eager``), the implementations interleaved in each repeat so that a shared machine's
-load hits them alike. It also measures the memory read bandwidth and prints the weight-read
-floor of batch-1 decoding (every step reads every weight once).
+load hits them alike. It also measures the memory read bandwidth (and a numpy copy's) and prints the
+weight-read floor of batch-1 decoding (every step reads every weight once). "CPU tok/s" divides by
+the process's CPU time instead of wall time: on a shared machine the wall time includes the time
+other processes held the cores, the CPU time does not (it still includes their effect on caches and
+memory bandwidth).
 
     python benchmarks/rollout_throughput.py                     # SmolLM2, CUDA, bf16, 256 x 128
     python benchmarks/rollout_throughput.py --device cpu        # tiny + SmolLM2, batch 1 and 16, 64 + 32
@@ -169,6 +172,21 @@ def read_bandwidth(threads: int, megabytes: int = 512, repeats: int = 5) -> floa
         torch.set_num_threads(before)
 
 
+def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+    """Memory bandwidth in GB/s of a plain numpy copy (one thread; bytes read + bytes written, best of
+    ``repeats``): a second measure of the floor that does not go through torch."""
+    import numpy as np
+
+    src = np.ones(megabytes * 2**20 // 8)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.nbytes / best / 1e9
+
+
 def weight_bytes(model: Any) -> int:
     """Bytes a decode step reads: every weight once (a tied embedding counts once, as the LM head)."""
     seen, total = set(), 0
@@ -185,6 +203,9 @@ class Impl:
     def __init__(self, name: str, threads: int | None, fn: Any, engine: RolloutEngine | None = None) -> None:
         self.name, self.threads, self.fn, self.engine = name, threads, fn, engine
         self.times: list[float] = []
+        self.cpu_times: list[float] = []  # CPU seconds of the process (all its threads): what load does not inflate
+        self.cpu_prefill: list[float] = []
+        self.last_cpu_s = 0.0
         self.prefill: list[float] = []
         self.warmup_s = 0.0
         self.tokens: list[list[int]] = []
@@ -194,9 +215,11 @@ class Impl:
         before = torch.get_num_threads()
         if self.threads is not None:
             torch.set_num_threads(self.threads)
+        cpu = time.process_time()
         try:
             return timed(lambda: self.fn(new_tokens), device)
         finally:
+            self.last_cpu_s = time.process_time() - cpu
             torch.set_num_threads(before)
 
 
@@ -245,11 +268,13 @@ def measure(model_name: str, batch: int, args: argparse.Namespace, device: torch
                 continue
             out, seconds = impl(args.new_tokens, device)
             impl.times.append(seconds)
+            impl.cpu_times.append(impl.last_cpu_s)
             if impl.engine is None:
                 impl.tokens = out
             else:
                 impl.tokens, impl.logprobs = [r.completion_ids for r in out], [r.logprobs for r in out]
             impl.prefill.append(impl(1, device)[1])  # one token: prefill + first sample
+            impl.cpu_prefill.append(impl.last_cpu_s)
             print(f"  {model_name} b{batch} {impl.name}: {seconds:.3f} s", flush=True)
 
     hf = impls[0]
@@ -259,6 +284,7 @@ def measure(model_name: str, batch: int, args: argparse.Namespace, device: torch
     for impl in impls:
         seconds, prefill_s = statistics.median(impl.times), statistics.median(impl.prefill)
         decode_s = max(seconds - prefill_s, 1e-9)
+        cpu_s, cpu_prefill_s = statistics.median(impl.cpu_times), statistics.median(impl.cpu_prefill)
         row: dict[str, Any] = {
             "model": model_name,
             "batch": batch,
@@ -271,6 +297,9 @@ def measure(model_name: str, batch: int, args: argparse.Namespace, device: torch
             "decode_tok_s": batch * (args.new_tokens - 1) / decode_s,
             "speedup": hf_s / seconds,
             "prefill_s": prefill_s,
+            "cpu_s": cpu_s,
+            "cpu_tok_s": n_tokens / max(cpu_s, 1e-9),
+            "cpu_decode_tok_s": batch * (args.new_tokens - 1) / max(cpu_s - cpu_prefill_s, 1e-9),
         }
         if impl is not hf:
             row.update(compare(impl.tokens, hf.tokens, eos))
@@ -281,21 +310,23 @@ def measure(model_name: str, batch: int, args: argparse.Namespace, device: torch
         rows.append(row)
     if device.type == "cpu":
         # The batch-1 floor: each decode step reads every weight once, at the engine's thread count.
-        bandwidth = read_bandwidth(engine_threads)
+        bandwidth, copy_gb_s = read_bandwidth(engine_threads), copy_bandwidth()
         nbytes = weight_bytes(model)
         for row in rows:
-            row.update(weight_mb=nbytes / 1e6, read_gb_s=bandwidth, floor_tok_s=batch * bandwidth * 1e9 / nbytes)
+            row.update(weight_mb=nbytes / 1e6, read_gb_s=bandwidth, copy_gb_s=copy_gb_s,
+                       floor_tok_s=batch * bandwidth * 1e9 / nbytes)
     return rows
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = ["model", "batch", "impl", "threads", "tok/s", "decode tok/s", "time s", "vs HF",
-              "same rows", "TF agree", "TF dlogp"]
-    widths = [22, 6, 24, 8, 9, 13, 9, 8, 10, 10, 10]
+    header = ["model", "batch", "impl", "threads", "tok/s", "decode tok/s", "CPU tok/s", "CPU decode",
+              "time s", "vs HF", "same rows", "TF agree", "TF dlogp"]
+    widths = [22, 6, 24, 8, 9, 13, 10, 11, 9, 8, 10, 10, 10]
     print("\n" + "".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
     for r in rows:
         cells = [r["model"], str(r["batch"]), r["impl"], str(r["threads"]), f"{r['tok_s']:,.0f}",
-                 f"{r['decode_tok_s']:,.0f}", f"{r['seconds']:.3f}", f"{r['speedup']:.1f}x"]
+                 f"{r['decode_tok_s']:,.0f}", f"{r['cpu_tok_s']:,.0f}", f"{r['cpu_decode_tok_s']:,.0f}",
+                 f"{r['seconds']:.3f}", f"{r['speedup']:.1f}x"]
         cells.append(f"{r['identical_rows']:.0%}" if "identical_rows" in r else "-")
         cells.append(f"{r['tf_agreement']:.2%}" if "tf_agreement" in r else "-")
         cells.append(f"{r['tf_max_logprob_err']:.1e}" if "tf_max_logprob_err" in r else "-")
@@ -304,7 +335,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     for (model, batch), r in floors.items():
         if batch == 1:
             print(f"floor {model}: {r['weight_mb']:.0f} MB of weights per decode step at {r['read_gb_s']:.1f} GB/s "
-                  f"read ({r['threads']} thr) -> at most {r['floor_tok_s']:.0f} tokens/s at batch 1")
+                  f"read ({r['threads']} thr) -> at most {r['floor_tok_s']:.0f} tokens/s at batch 1 "
+                  f"(numpy copy, 1 thr: {r['copy_gb_s']:.1f} GB/s read + write)")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
