@@ -10,14 +10,15 @@ What is measured:
   handler, ``Shop.get(url)`` (the URL each click's link or the search form names, found before
   timing), on a fresh session of its own. Each episode is replayed ``--repeats`` times, env and
   baseline alternating; each step gets the median of its repeats on both sides; the ratio is the
-  median over steps of (env / handler). Buy Now is reported apart (the env also quotes the reward's
-  parts before buying).
+  median over steps of (env / handler), over every step; each kind (search, click, Buy Now) is also
+  shown apart (Buy Now: the env also reads the purchase's reward parts).
 * **reset**: ``env.reset(options={"task_index": i})``: generate the task, end the last session, start
   one, fetch the search page. The catalogue and the BM25 index are built once per process before
   timing (their one-off cost is printed).
 * **search engine**: BM25 with ``bm25s`` (the shop's) against SQLite FTS5 (``MATCH ... ORDER BY
   bm25``, OR of the query's words) on the same documents and queries: why bm25s was picked.
-* **over HTTP** (information): the same steps with ``serve=True`` (uvicorn on loopback, HTML parsed back).
+* **over HTTP** (information): the same steps and resets with ``serve=True`` (uvicorn on loopback in a
+  thread of the same process, HTML parsed back).
 
 Targets (Web issue): median step <= 2x the direct handler call; median reset <= 20 ms.
 """
@@ -153,15 +154,18 @@ def measure_search(queries: list[str]) -> dict[str, Any]:
 
 def measure_http(episodes: int) -> dict[str, Any]:
     env = WebEnv(serve=True)
-    times = []
+    times, resets = [], []
     for i in range(episodes):
+        t = time.perf_counter()
         env.reset(options={"task_index": i})
+        resets.append(time.perf_counter() - t)
         for action in WebEnv.oracle_actions(env.task):
             t = time.perf_counter()
             env.step(action)
             times.append(time.perf_counter() - t)
     env.close()
-    return {"http_step_ms_median": median_ms(times), "steps": len(times)}
+    return {"http_step_ms_median": median_ms(times), "steps": len(times), "http_reset_ms_median": median_ms(resets),
+            "resets": len(resets)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -194,13 +198,15 @@ def main(argv: list[str] | None = None) -> None:
     for kind, row in steps["by_kind"].items():
         print(f"| step: {kind} ({row['steps']} steps) | {row['env_ms']:.3f} ms | {row['handler_ms']:.3f} ms | "
               f"{row['ratio']:.2f}x | | |")
-    verdict = "PASS" if steps["ratio_median"] <= STEP_RATIO_TARGET else "FAIL"
-    print(f"| step (search + click), median ratio | {steps['env_step_ms']:.3f} ms | {steps['handler_ms']:.3f} ms | "
-          f"{steps['ratio_median']:.2f}x | <= {STEP_RATIO_TARGET:.0f}x | {verdict} |")
+    verdict = "PASS" if steps["ratio_all_median"] <= STEP_RATIO_TARGET else "FAIL"
+    print(f"| step (every step, Buy Now included), median ratio | {steps['env_step_ms']:.3f} ms | "
+          f"{steps['handler_ms']:.3f} ms | {steps['ratio_all_median']:.2f}x | <= {STEP_RATIO_TARGET:.0f}x | {verdict} |")
     verdict = "PASS" if resets["reset_ms_median"] <= RESET_TARGET_MS else "FAIL"
     print(f"| reset, median ({resets['resets']}) | {resets['reset_ms_median']:.3f} ms (p90 {resets['reset_ms_p90']:.3f}) "
           f"| | | <= {RESET_TARGET_MS:.0f} ms | {verdict} |")
     print(f"| step over HTTP (serve=True), median ({http['steps']}) | {http['http_step_ms_median']:.3f} ms | | | "
+          f"(information) | |")
+    print(f"| reset over HTTP (serve=True), median ({http['resets']}) | {http['http_reset_ms_median']:.3f} ms | | | "
           f"(information) | |")
     if args.json:
         with open(args.json, "w") as f:
