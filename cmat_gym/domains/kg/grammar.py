@@ -39,7 +39,8 @@ class FinalAnswerProtocol:
         if match is None:
             return None
         body = match.group(1).strip()
-        variable = re.match(r"#\d+", body)
+        # "#3", and leniently "variable #3" or "the answer is #3"; a list ["m.0a", ...] names entities.
+        variable = VARIABLE.search(body.splitlines()[0]) if body and not body.startswith("[") else None
         answers = [variable.group(0)] if variable else parse_answer_list(body)
         return grammar.bind(grammar.answer_tool.name, [answers], "text")
 

@@ -128,6 +128,7 @@ def test_a_final_answer_naming_an_unbound_variable_is_refused(env: KGEnv) -> Non
 def test_final_answer_forms_parse() -> None:
     grammar = KGEnv.grammar
     for text, value in [("Thought: done.\nFinal Answer: #3", ["#3"]), ("Final Answer: #12 is it", ["#12"]),
+                        ("Final Answer: variable #4", ["#4"]), ("Final Answer: m.0abc", ["m.0abc"]),
                         ('Final Answer: ["m.0a", "m.0b"]', ["m.0a", "m.0b"]),
                         ('{"tool": "final_answer", "args": {"answer": ["#2"]}}', ["#2"]),
                         ("Action: get_relations(x)\nObservation: [a]\nFinal Answer: #1", None)]:
