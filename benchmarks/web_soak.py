@@ -2,7 +2,7 @@
 
     python benchmarks/web_soak.py [--episodes 10000] [--clients 4] [--abandon 0.05] [--every 1000] [--json out.json]
 
-The shop runs as its own process (``python -m cmat_gym.domains.web.server 0``: uvicorn on a loopback
+The shop runs as its own process (``cmat_gym.domains.web.server.main`` with port 0: uvicorn on a loopback
 port), so its resident memory is measured alone (``/proc/<pid>/statm``), with its open file
 descriptors. ``--clients`` envs (``WebEnv(server_url=...)``) share it, round-robin; each episode is
 the oracle's (search, result pages, item, options, Buy Now) or, every 4th, the random agent's

@@ -119,7 +119,8 @@ class ShopServer:
 
 
 def main() -> None:
-    """``python -m cmat_gym.domains.web.server [port]``: serve the shop until interrupted."""
+    """Serve the shop on 127.0.0.1 until interrupted (port 0: a free one; the first line printed names
+    the URL): ``python -c "from cmat_gym.domains.web.server import main; main()" [port]``."""
     import sys
 
     server = ShopServer(port=int(sys.argv[1]) if len(sys.argv) > 1 else 8080)
