@@ -261,10 +261,6 @@ class RealTable:
         i = self.idx(col)
         return [r[i] for r in self.rows]
 
-    def num(self, col: RealColumn, value: Any) -> float | None:
-        """The number a stored cell holds (None when missing)."""
-        return parse_number(value)
-
     def has_empty(self, col: RealColumn) -> bool:
         return any(v == "" for v in self.values(col))
 
@@ -316,7 +312,7 @@ def _render_number(value: int | float, fmt: str, decimals: int) -> str:
     return text + "%" if fmt == "pct" else text
 
 
-def _column_name(rng: StableRandom, raw: str, style: str) -> str:
+def _column_name(raw: str, style: str) -> str:
     if style == "raw" or raw == "Name":
         return raw
     words = [w for w in re.split(r"[._\s]+", raw) if w]
@@ -367,7 +363,7 @@ def build_table(rng: StableRandom, source: _Source, difficulty: int) -> RealTabl
     columns: list[RealColumn] = []
     taken: set[str] = set()
     for col in chosen:
-        name = _column_name(rng, col.name, name_style)
+        name = _column_name(col.name, name_style)
         if name.lower() in taken:
             name = col.name
         if name.lower() in taken:
