@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import pytest
-from conftest import FIXTURE, FIXTURE_TASKS, SPARQLServer
+from kg_fixtures import FIXTURE, FIXTURE_TASKS, SPARQLServer, sparql_server_fixture  # noqa: F401 (a fixture)
 
 import cmat_gym  # noqa: F401  (registers the envs)
 from cmat_gym.data import agentbench_file

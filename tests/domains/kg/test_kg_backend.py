@@ -4,7 +4,7 @@ endpoint backend against a real HTTP server, limits, and SPARQL injection throug
 from __future__ import annotations
 
 import pytest
-from conftest import SPARQLServer, fixture_store
+from kg_fixtures import SPARQLServer, fixture_store, sparql_server_fixture  # noqa: F401 (a fixture)
 
 from cmat_gym.domains.kg import sexpr
 from cmat_gym.domains.kg.backend import (

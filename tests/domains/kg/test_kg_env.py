@@ -166,7 +166,7 @@ def test_hostile_names_reach_no_query(env: KGEnv, name: str) -> None:
 
 
 def test_hostile_ids_in_a_task_file_reach_no_query() -> None:
-    from conftest import FIXTURE
+    from kg_fixtures import FIXTURE
 
     from cmat_gym.core.task import Task
 

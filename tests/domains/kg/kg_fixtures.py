@@ -1,5 +1,8 @@
 """Fixtures of the KG tests: the Freebase-shaped fixture graph, and a real SPARQL endpoint serving it
-(a loopback ``http.server`` speaking the SPARQL 1.1 protocol over a pyoxigraph store)."""
+(a loopback ``http.server`` speaking the SPARQL 1.1 protocol over a pyoxigraph store).
+
+A plain module, not a ``conftest.py``: ``tests/conftest.py`` is imported as ``conftest`` by other
+tests, and a second module of that name would shadow it. Test modules import the fixture by name."""
 
 from __future__ import annotations
 
@@ -72,8 +75,8 @@ def fixture_store() -> ox.Store:
     return store
 
 
-@pytest.fixture
-def sparql_server() -> Iterator[SPARQLServer]:
+@pytest.fixture(name="sparql_server")  # a test module imports sparql_server_fixture; tests ask for sparql_server
+def sparql_server_fixture() -> Iterator[SPARQLServer]:
     """A live loopback SPARQL endpoint serving the fixture graph."""
     server = SPARQLServer(fixture_store())
     try:
