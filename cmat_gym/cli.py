@@ -526,6 +526,8 @@ def run_policy(
                                 ray_address=args.ray_address)
         except ImportError as exc:  # Ray missing: the [scale] extra
             raise CLIError(str(exc)) from exc
+        except ConnectionError as exc:  # no cluster at --ray-address
+            raise CLIError(f"cannot join the Ray cluster at {args.ray_address}: {exc}") from exc
     return run_episodes(factory, policy, episodes, args.seed, task_indices=task_indices, progress=progress,
                         batch_size=args.batch_size, record=recording(args))
 

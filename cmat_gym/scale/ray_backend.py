@@ -131,9 +131,12 @@ class RolloutWorker:
         return results
 
     def close(self) -> None:
-        """Close the envs."""
+        """Close the envs, and the policy when it has something to close (an API client's connections)."""
         for env in self.envs:
             env.close()
+        close_policy = getattr(self.policy, "close", None)
+        if close_policy is not None:
+            close_policy()
 
 
 @contextmanager
