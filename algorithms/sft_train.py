@@ -157,8 +157,14 @@ def check_args(argv: Sequence[str]) -> Args:
     check_choice(args.checker, ("rule", "none"), "--checker")
     check_choice(args.split, ("train",), "--split")  # SFT never trains on evaluation tasks
     check_difficulty(args.difficulty)
-    if args.env_kwargs is not None and not isinstance(json.loads(args.env_kwargs), dict):
-        raise ValueError(f"Expects --env-kwargs to be a JSON object, actual {args.env_kwargs!r}")
+    if args.env_kwargs is not None:
+        try:
+            env_kwargs = json.loads(args.env_kwargs)
+        except ValueError:
+            env_kwargs = None
+        if not isinstance(env_kwargs, dict):
+            raise ScriptError(f"--env-kwargs must be a JSON object such as '{{\"source\": \"real\"}}', "
+                              f"got {args.env_kwargs!r}")
     check_at_least(args, 1, "episodes", "max_turns", "lora_r", "max_seq_len", "batch_size", "grad_accum",
                    "logging_steps")
     check_at_least(args, 0, "reflection_sources", "memory_k")

@@ -241,3 +241,15 @@ def test_transfer_benchmark_paired_test():
     assert module.mcnemar_exact([True, False], [True, False]) == (0, 0, 1.0)
     only_a, only_b, p = module.mcnemar_exact([True] * 10 + [False] * 2, [False] * 10 + [True] * 2)
     assert (only_a, only_b) == (10, 2) and abs(p - 2 * (1 + 12 + 66) / 4096) < 1e-12  # 2 * P(X <= 2), X ~ B(12, .5)
+
+
+def test_sft_train_passes_env_kwargs_to_the_env():
+    """``--env-kwargs`` reaches the env that SFT collects from; anything but a JSON object is refused."""
+    from algorithms.common.script import ScriptError
+    from algorithms.sft_train import _env_kwargs, check_args
+
+    args = check_args(["--model", "tiny-random", "--env-kwargs", '{"source": "real"}'])
+    assert _env_kwargs(args) == {"source": "real", "split": "train"}
+    for bad in ("[1]", "{bad", '"real"'):
+        with pytest.raises(ScriptError, match="env-kwargs"):
+            check_args(["--model", "tiny-random", "--env-kwargs", bad])
