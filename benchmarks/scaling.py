@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     if started_here:
         t0 = time.perf_counter()
         # As many CPUs as the most workers asked, so that 4 workers get 4 actors on a 2-core machine.
-        ray.init(num_cpus=max(max(args.workers), cores), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=max(max(args.workers), cores), include_dashboard=False,
+                 log_to_driver=False)
         print(f"Ray started in {time.perf_counter() - t0:.1f} s (once; not in any figure)")
     try:
         rows = [measure(work, args.workers, args.repeats) for work in workloads(args.db_episodes, args.os_episodes)]

@@ -150,7 +150,9 @@ def ray_session(address: str | None, num_cpus: int) -> Iterator[Any]:
     if address is not None:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        # address="local": a fresh instance, even when `ray start` left a cluster on this machine (plain
+        # ray.init() would join that one).
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         yield ray
     finally:

@@ -24,7 +24,7 @@ def ray_instance():
     """One local Ray for the whole module (run_episodes uses an initialised Ray as it is)."""
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     if started:
         ray.shutdown()
