@@ -44,6 +44,7 @@ from cmat_gym.evaluation import env_factory, run_episodes, wilson_interval  # no
 
 ENV = "cmat/DB-v0"
 ARMS = ("procedural", "real", "mixed")
+DBBENCH_DEV = 60  # tasks in dbbench dev.jsonl
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-seq-len", type=int, default=1024)
     p.add_argument("--eval-seed", type=int, default=0, help="real test episode i resets with eval_seed + i")
     p.add_argument("--test-episodes", type=int, default=30)
-    p.add_argument("--dbbench-tasks", type=int, default=60, help="the first K tasks of dbbench dev (all: 60)")
+    p.add_argument("--dbbench-tasks", type=int, default=DBBENCH_DEV,
+                   help="K evenly spaced tasks of dbbench dev (default all 60)")
     p.add_argument("--dbbench-file", default=str(AGENTBENCH_DIR / "dbbench" / "dev.jsonl"))
     p.add_argument("--max-rounds", type=int, default=5)
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -114,8 +116,9 @@ def evaluate(args: argparse.Namespace, agent: str, out: Path) -> None:
     sources = {
         "real test": (env_factory(ENV, split="test", source="real", max_rounds=args.max_rounds),
                       args.test_episodes, None),
+        # Evenly spaced when fewer than all: the file is sorted by task type, so every type stays.
         "dbbench dev": (env_factory(ENV, tasks=args.dbbench_file, max_rounds=args.max_rounds),
-                        args.dbbench_tasks, list(range(args.dbbench_tasks))),
+                        args.dbbench_tasks, [i * DBBENCH_DEV // args.dbbench_tasks for i in range(args.dbbench_tasks)]),
     }
     record: dict[str, Any] = {"agent": agent, "adapter": adapter, "sources": {}}
     for name, (factory, n, indices) in sources.items():
