@@ -128,6 +128,18 @@ def test_killed_worker_episodes_are_rerun(capsys) -> None:
     assert f"re-run after worker failure: {len(rerun)} episodes" in capsys.readouterr().err
 
 
+def test_a_fault_that_kills_every_worker_stops_the_run() -> None:
+    """Replacements are bounded (``workers`` of them): a fault that kills each actor is an error, not a loop."""
+    from cmat_gym.scale.ray_backend import run_episodes_ray
+
+    def kill_always(actor, submitted: int) -> None:
+        ray.kill(actor)
+
+    with pytest.raises(RuntimeError, match="kept dying"):
+        run_episodes_ray(env_factory("cmat/DB-v0"), PolicySpec("oracle", {"domain": "db"}), 4, seed=0, workers=1,
+                         chunk_size=2, progress=False, on_submit=kill_always)
+
+
 def test_bad_arguments_are_rejected() -> None:
     factory = env_factory("cmat/DB-v0")
     with pytest.raises(ValueError, match="PolicySpec"):
