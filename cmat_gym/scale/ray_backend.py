@@ -268,6 +268,7 @@ def run_episodes_ray(
                                                f"{sum(r is None for r in results)} episodes unplayed") from None
                         replacements_left -= 1
                         load[w] = 0
+                        ray.kill(actor)  # if it was only unreachable, it must not come back and play on
                         actors[w] = start_actor()
                 else:
                     load[w] -= 1
