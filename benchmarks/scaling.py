@@ -132,7 +132,8 @@ def plot(rows: Sequence[dict[str, Any]], workers: Sequence[int], path: str, core
         ax.set_xlabel("Ray workers")
         ax.set_ylabel("episodes/s")
         ax.set_xticks(list(workers))
-        ax.set_ylim(bottom=0)
+        top = max([row["local"], row["local_batched"]] + [row["ray"][w]["steady"] for w in workers])
+        ax.set_ylim(0, 1.1 * top)  # room above the highest line
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"Distributed rollouts on {cores} CPU cores (machine shared with other jobs: load average "
