@@ -2,7 +2,7 @@
 # Every GPU measurement of the project, in one script, for a lent GPU machine (see README, "GPU").
 #
 #   bash benchmarks/gpu_suite.sh                 # rollout, cmat_loop, train_throughput, ppo_smoke (limits sum to 550 s: one 600-s call)
-#   bash benchmarks/gpu_suite.sh demo            # issue 5's demonstration, GPU preset (its own call)
+#   bash benchmarks/gpu_suite.sh demo            # the training demonstration, GPU preset (its own call)
 #   bash benchmarks/gpu_suite.sh rollout cmat_loop
 #
 # Expects: the carried wheels installed into /tmp/site (PYTHONPATH=/tmp/site) and the SmolLM2
@@ -48,13 +48,15 @@ run ppo_smoke 100 python3 -m algorithms.ppo_train --env cmat/DB-v0 --model smoll
     --checker-weight 0.1 --output-dir /tmp/ppo_smoke
 cp /tmp/ppo_smoke/metrics.jsonl "$OUT/ppo_smoke_metrics.jsonl" 2>/dev/null || true
 
-# Issue 5: zero-shot, SFT, SFT+PPO (checker, weight 0), SFT+GRPO on the same held-out tasks. Stages
-# already done in /tmp/demo are skipped, so a second call on the still-warm machine continues it.
-run demo 570 python3 benchmarks/train_demo.py --preset gpu --output-dir /tmp/demo
+# Issue 14: zero-shot, SFT and SFT+PPO (3 seeds x no / rule / learned checker reward) on the same 200
+# held-out tasks, bare and in the CMAT loop (with and without memory), paired McNemar + bootstrap against
+# SFT. Sized for one 600-s call (estimate in train_demo.py); stages already done in /tmp/demo are
+# skipped, so a second call on the still-warm machine continues it.
+run demo 570 python3 benchmarks/train_demo.py --preset gpu --output-dir /tmp/demo --time-limit 530
 chosen demo && mkdir -p "$OUT/demo" && cp -r /tmp/demo/summary.* /tmp/demo/commands.sh /tmp/demo/stage_walls.json \
     /tmp/demo/eval /tmp/demo/logs "$OUT/demo/" 2>/dev/null
-chosen demo && for run_dir in /tmp/demo/ppo-checker /tmp/demo/ppo-no-checker /tmp/demo/grpo; do
+chosen demo && for run_dir in /tmp/demo/ppo-* /tmp/demo/grpo-* /tmp/demo/sft /tmp/demo/checker; do
   [ -d "$run_dir" ] && mkdir -p "$OUT/demo/$(basename "$run_dir")" && \
-    cp "$run_dir"/metrics.jsonl "$run_dir"/eval.jsonl "$run_dir"/learning_curve.png "$OUT/demo/$(basename "$run_dir")/" 2>/dev/null
+    cp "$run_dir"/*.json "$run_dir"/*.jsonl "$run_dir"/*.png "$OUT/demo/$(basename "$run_dir")/" 2>/dev/null
 done
 true

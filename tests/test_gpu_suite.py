@@ -44,3 +44,14 @@ def test_runs_the_chosen_parts_and_their_scripts_exist(tmp_path: Path, parts: tu
     for target in targets:
         path = ROOT / (target.replace(".", "/") + ".py" if not target.endswith(".py") else target)
         assert path.is_file(), target
+
+
+def test_the_demo_runs_the_gpu_preset_inside_its_time_limit(tmp_path: Path) -> None:
+    """The demo part calls the GPU preset (3 seeds, the ablations, 200 held-out tasks) and stops itself before
+    the suite's own kill at 570 s, so that its tables are still written."""
+    (call,) = [c for c in run_suite(tmp_path, "demo") if c[1] != "-c"]
+    assert call[1:] == ["benchmarks/train_demo.py", "--preset", "gpu", "--output-dir", "/tmp/demo",
+                        "--time-limit", call[-1]]
+    assert 0 < float(call[-1]) <= 570 - 30
+    script = (ROOT / "benchmarks" / "gpu_suite.sh").read_text()
+    assert "run demo 570 " in script
