@@ -198,6 +198,10 @@ class Args:
     tis_cap: float | None = 2.0
     """truncated importance sampling: weight each token's surrogate by min(pi_trainer / pi_sampler, cap),
     correcting the engine (merged bf16) vs trainer (unmerged LoRA) mismatch; None: off"""
+    gradient_checkpointing: bool = True
+    """recompute each layer's activations in the backward pass instead of storing them (exact gradients;
+    ~1.3x update compute): the saved activations, not the logits, dominate training memory (SmolLM2, 4
+    episodes of 700 tokens: 7.0 GiB peak without, 3.7 GiB with)"""
     logprob_chunk_size: int = 512
     """action positions per LM-head chunk when computing log-probs (memory: chunk x vocab fp32 logits)"""
     critic_warmup: int = 0
@@ -550,6 +554,8 @@ def train(args: Args) -> TrainResult:
     base_trainable = [n for n, _ in trainable if "lora_" not in n and "prompt_encoder" not in n]
     if base_trainable or not trainable:
         raise RuntimeError(f"only adapter weights may train; trainable base weights: {base_trainable[:5]}")
+    if args.gradient_checkpointing:  # HF applies it in train mode only: the no-grad scoring pass is unaffected
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     value_head = ValueHead(model.config.hidden_size).to(device)
     optimizer = torch.optim.AdamW(
         [
