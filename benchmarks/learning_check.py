@@ -2,21 +2,27 @@
 
 A task family that is learnable in minutes on two CPU cores: **Pick**, a one-turn domain defined here
 with the domain kit (``register_domain``). The task says "Task <number>: reply with a word that starts
-with a letter from A to M" (or "from N to Z"); the Assistant's whole reply is its answer, and it is
-right when the reply's first character (case-insensitive) is in the named half of the alphabet. The
-number is noise that makes every task's prompt different, so held-out (test-split) prompts are new
-prompts; the policy has to learn to read the one word that matters. The starting policy is the
-``tiny-random`` model (2 random-weight layers, SmolLM2's tokenizer) with a fresh LoRA adapter: its
-first token ignores the instruction, so about half of the tasks are solved by chance (less: replies
-that start with a digit or a symbol are wrong for both halves).
+with a vowel"; the Assistant's whole reply is its answer, right when its first character
+(case-insensitive) is a, e, i, o or u. The number is noise that makes every task's prompt different,
+so held-out (test-split) prompts are new prompts. The starting policy is SmolLM2-135M-Instruct with a
+fresh LoRA adapter (greedy: 4 of 64 held-out tasks solved; sampled at temperature 1: ~0.4). Trivially
+learnable on purpose: it checks that the PPO machinery (rollout, scoring, advantages, update) turns
+reward into a better greedy policy on unseen prompts, not that the model can reason.
+
+Why not ``tiny-random`` (fast): its LoRA cannot make the next-token distribution peaked. Its tied
+embeddings are random (std 0.02) and frozen, and the final RMSNorm fixes the hidden state's norm, so the
+logits span ~1 nat and the entropy stayed at 9.5 nats (uniform: 10.8) through 15 iterations; training
+reward did not rise (0.22 -> 0.28) and greedy held-out success drifted 0.47 -> 0.16 (seed 1,
+``--model tiny-random --iterations 15 --learning-rate 1e-3``).
 
 For each seed, ``ppo_train.train`` runs with greedy test-split evaluations before training and at the
 end, on the same tasks (``eval_outcomes`` in ``eval.jsonl``). Reported: per seed, held-out success
 before -> after and the training reward of the first and last iterations; pooled over seeds, an exact
 McNemar test on the paired outcomes (same task before and after), and a sign test over seeds.
 
-    python benchmarks/learning_check.py                      # 3 seeds x 30 iterations (~10 min on 2 cores)
-    python benchmarks/learning_check.py --seeds 1 --iterations 8 --eval-episodes 32   # the slow test's size
+    python benchmarks/learning_check.py                      # 3 seeds x 8 iterations, SmolLM2
+    python benchmarks/learning_check.py --seeds 1 --iterations 6 --episodes-per-iteration 16 \
+        --eval-episodes 16                                   # the slow test's size
 
 It reports and exits 0 whatever the outcome (a benchmark, not a test).
 """
@@ -41,7 +47,7 @@ from cmat_gym.core.env import Evaluation, TextEnv  # noqa: E402
 from cmat_gym.core.procedural import first_in_split, make_task_id, parse_task_id  # noqa: E402
 from cmat_gym.core.task import Task  # noqa: E402
 
-HALVES = ("A to M", "N to Z")
+VOWELS = "aeiou"
 
 
 class WholeReplyProtocol:
@@ -67,20 +73,18 @@ PICK_GRAMMAR = Grammar(
 )
 
 
-def pick_instruction(number: int, half: int) -> str:
-    return f"Task {number}: reply with a word that starts with a letter from {HALVES[half]}."
+def pick_instruction(number: int) -> str:
+    return f"Task {number}: reply with a word that starts with a vowel."
 
 
-def first_letter_in_half(reply: str, half: int) -> bool:
-    """Whether the reply's first character is a letter of the named half of the alphabet."""
+def starts_with_vowel(reply: str) -> bool:
+    """Whether the reply's first non-space character is a vowel (a, e, i, o, u; any case)."""
     text = reply.strip().lower()
-    if not text or not ("a" <= text[0] <= "z"):
-        return False
-    return (text[0] <= "m") == (half == 0)
+    return bool(text) and text[0] in VOWELS
 
 
 class PickEnv(TextEnv):
-    """One turn: reply with a word from the named half of the alphabet (the learning check's domain)."""
+    """One turn: reply with a word that starts with a vowel (the learning check's domain)."""
 
     domain = "pick"
     grammar = PICK_GRAMMAR
@@ -88,12 +92,12 @@ class PickEnv(TextEnv):
 
     @classmethod
     def generate_task(cls, seed: int, split: str, difficulty: int) -> Task:
-        def draw(rng: Any) -> tuple[int, int]:
-            return rng.randint(100, 9999), rng.randint(0, 1)
+        def draw(rng: Any) -> int:
+            return rng.randint(100, 99999)
 
-        number, half = first_in_split("pick", seed, split, difficulty, draw, lambda c: pick_instruction(*c))
-        return Task("pick", make_task_id("pick", seed, split, difficulty), pick_instruction(number, half),
-                    "", {"half": half}, split, difficulty)
+        number = first_in_split("pick", seed, split, difficulty, draw, pick_instruction)
+        return Task("pick", make_task_id("pick", seed, split, difficulty), pick_instruction(number),
+                    "", {"number": number}, split, difficulty)
 
     @classmethod
     def task_from_id(cls, task_id: str) -> Task:
@@ -105,7 +109,7 @@ class PickEnv(TextEnv):
 
     @classmethod
     def oracle_actions(cls, task: Task) -> list[str]:
-        return ["apple" if task.payload["half"] == 0 else "zebra"]
+        return ["apple"]
 
     def _setup(self, task: Task) -> None:
         pass
@@ -114,7 +118,7 @@ class PickEnv(TextEnv):
         return ""  # no tools besides the answer
 
     def _evaluate(self, answers: list[str]) -> Evaluation:
-        success = bool(answers) and first_letter_in_half(answers[0], self.task.payload["half"])
+        success = bool(answers) and starts_with_vowel(answers[0])
         return Evaluation(float(success), success, 0.0, {"answer": answers})
 
 
@@ -154,11 +158,11 @@ def mcnemar(before: Sequence[int], after: Sequence[int]) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=3, help="independent runs (seeds 1..N)")
-    p.add_argument("--iterations", type=int, default=30)
+    p.add_argument("--iterations", type=int, default=8)
     p.add_argument("--episodes-per-iteration", type=int, default=32)
     p.add_argument("--eval-episodes", type=int, default=64, help="held-out (test-split) tasks, greedy")
-    p.add_argument("--learning-rate", type=float, default=5e-4)
-    p.add_argument("--model", default="tiny-random")
+    p.add_argument("--learning-rate", type=float, default=3e-4)
+    p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--output-dir", default=None, help="keep the runs here (default: a temp folder)")
     return p.parse_args(argv)
@@ -183,8 +187,8 @@ def run_seed(a: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
             max_seq_len=512,
             learning_rate=a.learning_rate,
             value_learning_rate=1e-3,
-            minibatch_size=8,
-            micro_batch_size=8,
+            minibatch_size=16,  # 2 epochs x 2 minibatches = 4 optimizer steps per iteration
+            micro_batch_size=16,
             ppo_epochs=2,
             kl_coef=0.0,
             eval_every=a.iterations,

@@ -18,19 +18,14 @@ def test_pick_scores_the_first_letter_and_splits_tasks() -> None:
 
     env = make_cmat(lc.ensure_registered(), checker="none", memory=None, split="test", max_cycles=1)
     try:
-        seen = set()
-        for seed in range(6):
+        for seed in range(3):
             obs, _ = env.reset(seed=seed)
-            half = env.domain_env.task.payload["half"]
-            seen.add(half)
-            assert lc.HALVES[half] in obs
-            right, wrong = ("apple", "zebra") if half == 0 else ("zebra", "apple")
-            assert env.step(right)[1] == 1.0
+            assert "vowel" in obs
+            assert env.step(" Apple pie")[1] == 1.0
             env.reset(seed=seed)
-            assert env.step(wrong)[1] == 0.0
+            assert env.step("zebra")[1] == 0.0
             env.reset(seed=seed)
-            assert env.step("42")[1] == 0.0  # not a letter: wrong for both halves
-        assert seen == {0, 1}
+            assert env.step("42")[1] == 0.0
         train_ids = {lc.PickEnv.generate_task(s, "train", 1).instruction for s in range(50)}
         test_ids = {lc.PickEnv.generate_task(s, "test", 1).instruction for s in range(50)}
         assert not train_ids & test_ids  # held-out prompts are new prompts
@@ -50,7 +45,7 @@ def test_mcnemar_and_sign_test() -> None:
 @pytest.mark.slow
 def test_ppo_raises_the_training_reward_on_pick(tmp_path: Path) -> None:
     pytest.importorskip("peft")
-    summary = lc.main(["--seeds", "1", "--iterations", "12", "--eval-episodes", "32",
-                       "--output-dir", str(tmp_path)])
+    summary = lc.main(["--seeds", "1", "--iterations", "6", "--episodes-per-iteration", "16",
+                       "--eval-episodes", "16", "--output-dir", str(tmp_path)])
     run = summary["runs"][0]
     assert run["train_reward_last"] > run["train_reward_first"] + 0.1, run
