@@ -2,7 +2,7 @@
 
     python benchmarks/train_demo.py --preset gpu --output-dir runs/demo-gpu     # a lent H200: one 10-min call
     python benchmarks/train_demo.py --preset cpu --output-dir runs/demo-cpu     # 2 CPU cores, ~30-60 min
-    python benchmarks/train_demo.py --preset cpu-tiny                            # tiny-random: the pipeline, ~1 min
+    python benchmarks/train_demo.py --preset cpu-tiny                            # tiny-random: the pipeline, 1-3 min
 
 Agents (all the same base model, scored by the same evaluation):
 
@@ -83,7 +83,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # SmolLM2 on 2 CPU cores in ~30-60 min (estimate from the 2026-11-27 CPU demo in docs/results.md: a PPO
     # iteration of 8 episodes ~3 min, SFT 64 x 2 epochs 26 min, a trained agent ~9 s per evaluation episode,
-    # zero-shot ~50 s). One seed: too small to show a gain; it shows the pipeline on the real model.
+    # zero-shot ~50 s). One seed: too small to show a gain; it shows the pipeline on the real model. Measured
+    # 2026-11-30 (docs/results/train_demo.md): its 16-example SFT solves 0/8, so PPO's 4 episodes earn no reward
+    # and the runs make no policy update (flagged in the table); a CPU run that can move the policy needs the
+    # cpu-long SFT (64 x 2 epochs: 8/32 solved) and hours.
     "cpu": {
         "model": "smollm2-135m-instruct", "seeds": [1], "ppo_variants": ["none", "rule", "learned"], "with_grpo": False,
         "jobs": 1, "in_process": False,
@@ -173,9 +176,8 @@ def stage_graph(preset: dict[str, Any]) -> dict[str, list[str]]:
     if "learned" in preset["ppo_variants"]:
         needs["checker"] = []
     needs["eval-sft"] = ["sft"]
-    for run, kind, _ in rl_runs(preset):
+    for run, kind, _ in rl_runs(preset):  # each evaluation right after its run: a time-boxed run gets pairs
         needs[run] = ["sft", "checker"] if kind == "ppo-learned" else ["sft"]
-    for run, _, _ in rl_runs(preset):
         needs[f"eval-{run}"] = [run]
     # last: the paired comparisons do not need it, and it is the slowest evaluation (all turns, long prompts),
     # so a time-boxed run (--time-limit) spends its time on the comparison first
