@@ -12,8 +12,8 @@ Reused, not rewritten:
   adapters (``LMPolicy.add_adapter`` / ``load_adapter``), the batched ``RolloutEngine`` (static KV cache,
   LoRA merged into its own weight copy) or HF ``generate`` for prompt-learning adapters;
 * the PPO math in ``algorithms.common.ppo_core`` (clipped policy/value losses, KL-shaped token rewards,
-  GAE across observation spans, the fp32 zero-init value head, masked whitening), whose log-prob and
-  entropy helpers call TRL's ``selective_log_softmax`` / ``entropy_from_logits`` on GPUs;
+  GAE across observation spans with separate policy/critic λ, the fp32 zero-init value head, whitening
+  that skips batches without signal, TIS weights, chunked action log-probs from the last hidden states);
 * ``torch.optim.AdamW``, ``torch.nn.utils.clip_grad_norm_``, TensorBoard's ``SummaryWriter``, tqdm.
 
 Written here, and why: TRL 1.16 has no PPOTrainer (removed; its multi-turn route is GRPO) and no value
