@@ -2,7 +2,7 @@
 
     python benchmarks/train_demo.py --preset gpu --output-dir runs/demo-gpu     # a lent H200: one 10-min call
     python benchmarks/train_demo.py --preset cpu --output-dir runs/demo-cpu     # 2 CPU cores, ~30-60 min
-    python benchmarks/train_demo.py --preset cpu-tiny                            # tiny-random: the pipeline, 1-3 min
+    python benchmarks/train_demo.py --preset cpu-tiny                            # tiny-random: the pipeline, ~20 s idle
 
 Agents (all the same base model, scored by the same evaluation):
 
