@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -46,6 +45,7 @@ from cmat_gym.core.domain import Domain, get_domain, register_domain  # noqa: E4
 from cmat_gym.core.env import Evaluation, TextEnv  # noqa: E402
 from cmat_gym.core.procedural import first_in_split, make_task_id, parse_task_id  # noqa: E402
 from cmat_gym.core.task import Task  # noqa: E402
+from cmat_gym.evaluation import mcnemar_exact, sign_test_p  # noqa: E402
 
 VOWELS = "aeiou"
 
@@ -137,19 +137,10 @@ def ensure_registered() -> str:
 # ---------------------------------------------------------------------------------------- statistics
 
 
-def binom_two_sided(k: int, n: int) -> float:
-    """Exact two-sided binomial p-value of ``k`` successes in ``n`` fair trials (McNemar / sign test)."""
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(0, min(k, n - k) + 1)) / 2**n
-    return min(1.0, 2 * tail)
-
-
 def mcnemar(before: Sequence[int], after: Sequence[int]) -> dict[str, Any]:
     """Exact McNemar test on paired 0/1 outcomes: ``gained`` (0 -> 1), ``lost`` (1 -> 0), ``p``."""
-    gained = sum(1 for b, a in zip(before, after, strict=True) if not b and a)
-    lost = sum(1 for b, a in zip(before, after, strict=True) if b and not a)
-    return {"gained": gained, "lost": lost, "p": binom_two_sided(min(gained, lost), gained + lost)}
+    test = mcnemar_exact(before, after)
+    return {"gained": test["only_b"], "lost": test["only_a"], "p": test["p"]}
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -228,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     test = mcnemar(before, after)
     improved = sum(r["after_rate"] > r["before_rate"] for r in runs)
     worse = sum(r["after_rate"] < r["before_rate"] for r in runs)
-    sign_p = binom_two_sided(min(improved, worse), improved + worse)
+    sign_p = sign_test_p(min(improved, worse), improved + worse)
     print(f"\nPPO learning check: Pick (one turn), {a.model}, CPU, {a.iterations} iterations x "
           f"{a.episodes_per_iteration} episodes, greedy eval on {a.eval_episodes} held-out tasks\n")
     print(f"{'seed':>4} {'held-out before':>16} {'held-out after':>15} {'train reward first':>19} "

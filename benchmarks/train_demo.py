@@ -40,7 +40,6 @@ import contextlib
 import importlib
 import importlib.util
 import json
-import math
 import os
 import shlex
 import subprocess
@@ -51,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cmat_gym.evaluation import mcnemar_exact
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -343,16 +344,6 @@ def run_stages(stages: Sequence[str], out: Path, preset: dict[str, Any], args: a
 
 
 # ------------------------------------------------------------------------------ paired statistics
-def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict[str, Any]:
-    """Exact McNemar test of paired outcomes: ``only_a`` (a solved, b not), ``only_b``, and the two-sided
-    p-value of the binomial test of ``min(only_a, only_b)`` in ``only_a + only_b`` fair trials (1 when none)."""
-    only_a = sum(bool(x) and not y for x, y in zip(a, b, strict=True))
-    only_b = sum(bool(y) and not x for x, y in zip(a, b, strict=True))
-    n = only_a + only_b
-    p = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n)
-    return {"only_a": only_a, "only_b": only_b, "p": p}
-
-
 def paired_bootstrap(diffs: np.ndarray, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> tuple[float, float]:
     """95% percentile interval of the mean paired difference, resampling tasks with replacement.
 

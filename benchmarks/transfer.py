@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shlex
@@ -40,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 import cmat_gym  # noqa: E402,F401  (registers the envs)
 from cmat_gym.data import AGENTBENCH_DIR  # noqa: E402
-from cmat_gym.evaluation import env_factory, run_episodes, wilson_interval  # noqa: E402
+from cmat_gym.evaluation import env_factory, mcnemar_exact, run_episodes, wilson_interval  # noqa: E402
 
 ENV = "cmat/DB-v0"
 ARMS = ("procedural", "real", "mixed")
@@ -183,17 +182,6 @@ def describe_tasks(args: argparse.Namespace) -> str:
 
 
 # ------------------------------------------------------------------------------ statistics
-def mcnemar_exact(a: list[bool], b: list[bool]) -> tuple[int, int, float]:
-    """(episodes only a solved, only b solved, two-sided exact McNemar p-value) of paired outcomes."""
-    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
-    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
-    n, k = only_a + only_b, min(only_a, only_b)
-    if n == 0:
-        return only_a, only_b, 1.0
-    p = 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return only_a, only_b, min(1.0, p)
-
-
 def report(args: argparse.Namespace, out: Path, agents: list[str]) -> str:
     from cmat_gym.domains.db.agentbench import dbbench_headline, load_dbbench
 
@@ -224,7 +212,8 @@ def report(args: argparse.Namespace, out: Path, agents: list[str]) -> str:
     for name in names:
         for i, a in enumerate(done):
             for b in done[i + 1:]:
-                only_a, only_b, p = mcnemar_exact(outcomes[a][name], outcomes[b][name])
+                test = mcnemar_exact(outcomes[a][name], outcomes[b][name])
+                only_a, only_b, p = test["only_a"], test["only_b"], test["p"]
                 lines.append(f"- {name}: {a} vs {b}: {only_a} / {only_b}, p = {p:.3f}")
     return "\n".join(lines)
 

@@ -447,3 +447,25 @@ def summarize_cmat(results: Sequence[EpisodeResult]) -> dict[str, Any]:
         "reflections_written": sum(bool(m["reflection_written"]) for m in metrics),
         "questions": sum(m["questions"] for m in metrics),
     }
+
+
+def sign_test_p(k: int, n: int) -> float:
+    """Exact two-sided binomial p-value of ``k`` successes in ``n`` fair trials (sign test; 1 when n is 0)."""
+    if n < 0 or not 0 <= k <= n:
+        raise ValueError(f"Expects 0 <= k <= n, actual k={k}, n={n}")
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(k, n - k) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def mcnemar_exact(a: Sequence[bool | int], b: Sequence[bool | int]) -> dict[str, Any]:
+    """Exact McNemar test of paired 0/1 outcomes (the same tasks played by agents ``a`` and ``b``).
+
+    Returns ``only_a`` (tasks a solved and b did not), ``only_b`` and ``p``: the sign test of the
+    discordant pairs, :func:`sign_test_p` of ``min(only_a, only_b)`` in ``only_a + only_b`` (1 when
+    there are none). Concordant tasks carry no evidence either way, which is why the test ignores them.
+    """
+    only_a = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
+    return {"only_a": only_a, "only_b": only_b, "p": sign_test_p(min(only_a, only_b), only_a + only_b)}

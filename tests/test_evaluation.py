@@ -283,3 +283,16 @@ def test_run_episodes_takes_seeds_and_reset_options() -> None:
     assert result.cmat["own_task_reflections_used"] == 1
     env.close()
     cmat.close()
+
+
+def test_mcnemar_exact_and_sign_test_match_hand_computations() -> None:
+    from cmat_gym.evaluation import mcnemar_exact, sign_test_p
+
+    assert sign_test_p(0, 0) == 1.0
+    assert sign_test_p(0, 5) == pytest.approx(2 / 32)
+    assert sign_test_p(3, 6) == 1.0
+    a, b = [1, 1, 1, 1, 1, 0, 1, 0], [0, 0, 0, 0, 0, 1, 1, 0]  # 5 discordant for a, 1 for b
+    assert mcnemar_exact(a, b) == {"only_a": 5, "only_b": 1, "p": pytest.approx(2 * 7 / 64)}
+    assert mcnemar_exact(b, a)["p"] == mcnemar_exact(a, b)["p"]
+    with pytest.raises(ValueError):
+        mcnemar_exact([1], [1, 0])
