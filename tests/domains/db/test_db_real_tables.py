@@ -229,17 +229,16 @@ def test_oracle_solves_every_real_task_many_seeds(split):
 
 
 def test_transfer_benchmark_paired_test():
-    """benchmarks/transfer.py's exact McNemar test on hand-checked cases."""
-    import importlib.util
-    from pathlib import Path
+    """The exact McNemar test benchmarks/transfer.py uses, on hand-checked cases."""
+    from cmat_gym.evaluation import mcnemar_exact
 
-    path = Path(__file__).resolve().parents[3] / "benchmarks" / "transfer.py"
-    spec = importlib.util.spec_from_file_location("transfer_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.mcnemar_exact([True, True, True, False], [False, False, False, False]) == (3, 0, 0.25)
-    assert module.mcnemar_exact([True, False], [True, False]) == (0, 0, 1.0)
-    only_a, only_b, p = module.mcnemar_exact([True] * 10 + [False] * 2, [False] * 10 + [True] * 2)
+    def triple(a, b):
+        test = mcnemar_exact(a, b)
+        return test["only_a"], test["only_b"], test["p"]
+
+    assert triple([True, True, True, False], [False, False, False, False]) == (3, 0, 0.25)
+    assert triple([True, False], [True, False]) == (0, 0, 1.0)
+    only_a, only_b, p = triple([True] * 10 + [False] * 2, [False] * 10 + [True] * 2)
     assert (only_a, only_b) == (10, 2) and abs(p - 2 * (1 + 12 + 66) / 4096) < 1e-12  # 2 * P(X <= 2), X ~ B(12, .5)
 
 
