@@ -376,10 +376,15 @@ def test_truncation_with_a_tiny_limit_still_fits():
     assert text_space(10).contains(result)
 
 
-def test_characters_outside_the_charset_are_replaced_not_dropped():
-    assert sanitize("smile \U0001f600 ok", 100) == "smile ? ok"
+def test_unprintable_characters_are_replaced_not_dropped():
     assert sanitize("nul\x00bell\x07", 100) == "nul?bell?"
-    assert sanitize("\u4e2d\u6587", 100) == "??"
+    assert sanitize("soft\xadhyphen, lone \ud800 surrogate", 100) == "soft?hyphen, lone ? surrogate"
+
+
+def test_every_script_and_emoji_are_kept():
+    text = "smile \U0001f600 ok, \u4e2d\u6587, \u65e5\u672c\u8a9e, \ud55c\uad6d\uc5b4, \u0627\u0644\u0639\u0631\u0628\u064a\u0629, \u0939\u093f\u0928\u094d\u0926\u0940"
+    assert sanitize(text, 200) == text
+    assert text_space(200).contains(text)
 
 
 def test_newlines_are_normalised():
@@ -403,7 +408,8 @@ def test_text_space_has_an_explicit_charset_with_newline_and_tab():
     assert set(space.character_set) == set(CHARSET)
     assert space.contains("SELECT * FROM t;\n")
     assert not space.contains("x" * 129)
-    assert not space.contains("\U0001f600")
+    assert space.contains("\U0001f600 \u4e2d\u6587")  # printable in any script: see core/text.py
+    assert not space.contains("bell\x07") and not space.contains("\ud800")
 
 
 def test_text_space_is_a_fresh_object_each_call():

@@ -598,3 +598,18 @@ def test_a_step_limit_the_user_asks_for_holds_through_gym_make(env_id):
         steps, done = steps + 1, terminated or truncated
     assert steps == 25 and truncated and not terminated
     env.close()
+
+
+def test_cjk_and_emoji_round_trip_and_the_action_space_agrees_with_step() -> None:
+    """Real tables hold every script: text the agent writes reaches SQLite verbatim and comes back
+    verbatim, and the action space contains the action that step read (they used to disagree: the
+    charset mapped '中文' to '??' while step executed it)."""
+    env = gym.make("cmat/DB-v0")
+    env.reset(seed=0)
+    action = "Action: Operation\n```sql\nSELECT '中文 東京', 'café 😀';\n```"
+    assert env.action_space.contains(action)
+    observation, *_ = env.step(action)
+    assert "中文 東京" in observation and "café 😀" in observation
+    assert env.observation_space.contains(observation)
+    assert not env.action_space.contains("SELECT 1;\x00")  # a NUL is not text an agent writes
+    env.close()
