@@ -9,8 +9,11 @@ next action of every slot in one batched call.
 
 Short-term memory: the whole conversation is sent while it fits the model's window
 (``max_seq_len - max_new_tokens`` prompt tokens); when it would overflow, only the first user message
-(the task) and the last ``history_turns`` exchanges (action + its result) are sent, fewer if need be
-(never fewer than the newest one; a result too long even then is cut in the middle).
+(the task) and the last ``history_turns`` exchanges (action + its result) are sent, fewer if need be to
+bring the prompt under :data:`LOW_WATER` of the window (never fewer than the newest one; a result too
+long even then is cut in the middle). A slot keeps that cut (the same first kept exchange) on later
+turns while its prompt fits, so consecutive prompts extend each other and the engine's KV reuse
+applies; the slot is cut again only at the next overflow.
 
 Built by name through :func:`~cmat_gym.agents.policies.make_policy`: ``"smollm2"`` (the bundled
 SmolLM2-135M-Instruct), ``"tiny-random"`` (a random-weight test model) or a local model folder;
@@ -39,6 +42,13 @@ from cmat_gym.core.text import sanitize
 
 STOP = ("<|im_end|>",)
 TRUNCATED = "\n[... cut to fit the context window ...]\n"
+# When a slot's conversation overflows, old exchanges are dropped until the prompt takes at most this
+# share of the window. Any cut changes the prompt's prefix, so the engine re-encodes the slot from the
+# first dropped token; dropping just enough to fit would repeat that every turn. Cutting to half the
+# window leaves the other half for new turns: each re-encode (at most half a window) buys at least half
+# a window of turns prefilled incrementally, while the model still sees half a window of recent history
+# right after a cut.
+LOW_WATER = 0.5
 
 
 class ChatAgent:
@@ -47,8 +57,8 @@ class ChatAgent:
     Args:
         lm: the language model (its sampling settings apply).
         system_prompt: the system message of every conversation (None: none).
-        history_turns: exchanges kept besides the task when the conversation would overflow (at
-            least the newest one is always kept).
+        history_turns: most exchanges kept besides the task when the conversation is cut (at least
+            the newest one is always kept); until the next cut, later exchanges are sent as well.
 
     Attributes:
         last_completions: the :class:`~cmat_gym.agents.lm_policy.Completion` of each row of the
@@ -63,6 +73,8 @@ class ChatAgent:
         self.system_prompt = system_prompt
         self.history_turns = history_turns
         self.histories: dict[int, list[Message]] = {}
+        # slot -> index in its history of the first exchange sent after the task (0: none dropped yet)
+        self._starts: dict[int, int] = {}
         self.last_completions: list[Completion] = []
         self.generated_tokens = 0
         self._domain_agents: dict[str, ChatAgent] = {}
@@ -81,8 +93,13 @@ class ChatAgent:
         if fresh and hasattr(self.lm, "release"):
             self.lm.release(fresh)
         for slot, observation in zip(slots, observations, strict=True):
+            if not self.histories.get(slot):
+                self._starts.pop(slot, None)
             self.histories.setdefault(slot, []).append({"role": "user", "content": observation})
-        conversations = [self.context(self.histories[slot]) for slot in slots]
+        conversations = []
+        for slot in slots:
+            messages, self._starts[slot] = self._cut(self.histories[slot], self._starts.get(slot, 0), LOW_WATER)
+            conversations.append(messages)
         completions = self.lm.act_messages(conversations, return_details=True, sessions=sessions)
         self.last_completions = completions
         for slot, completion in zip(slots, completions, strict=True):
@@ -104,24 +121,40 @@ class ChatAgent:
         """Forget the conversations of ``slots`` (all when None)."""
         for slot in list(self.histories) if slots is None else slots:
             self.histories.pop(slot, None)
+            self._starts.pop(slot, None)
 
     def context(self, history: Sequence[Message]) -> list[Message]:
-        """The messages sent for ``history`` (a slot's conversation, ending with a user turn)."""
+        """The messages sent for ``history`` (a conversation ending with a user turn) by a caller that
+        keeps no cut between calls: the whole of it when it fits, else the task and the last
+        ``history_turns`` exchanges, fewer if need be to fit the window."""
+        return self._cut(history, 0, 1.0)[0]
+
+    def _cut(self, history: Sequence[Message], start: int, low_water: float) -> tuple[list[Message], int]:
+        """The messages sent for ``history`` given the slot's cut ``start`` (the index in ``history[1:]``
+        of the first exchange sent after the task), and the cut to keep for the next turn.
+
+        While the task and the exchanges from ``start`` fit the window they are sent as they are; else
+        the last ``history_turns`` exchanges are kept, fewer while the prompt is over ``low_water`` of
+        the window (see :data:`LOW_WATER`).
+        """
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt is not None else []
-        messages = [*system, *history]
+        first, rest = list(history[:1]), list(history[1:])  # rest: (assistant, user) exchanges
+        start = start if start <= len(rest) else 0  # a history shortened from outside: no cut to keep
+        messages = [*system, *first, *rest[start:]]
         if fits_window(self.lm, messages):
-            return messages
-        if len(history) > 1:
-            first, rest = history[0], list(history[1:])  # rest: (assistant, user) exchanges
+            return messages, start
+        if rest:
+            limit = int(low_water * (self.lm.max_seq_len - self.lm.max_new_tokens))
             keep = max(1, min(self.history_turns, len(rest) // 2))  # the newest exchange always stays
-            messages = [*system, first, *rest[len(rest) - 2 * keep:]]
-            while keep > 1 and not fits_window(self.lm, messages):
+            messages = [*system, *first, *rest[len(rest) - 2 * keep:]]
+            while keep > 1 and len(self.lm.prompt_ids(messages)) > limit:
                 keep -= 1
-                messages = [*system, first, *rest[len(rest) - 2 * keep:]]
+                messages = [*system, *first, *rest[len(rest) - 2 * keep:]]
+            start = len(rest) - 2 * keep
         # Last resort (huge observations): shorten the newest result, then the task.
         for index in sorted({len(messages) - 1, len(system)}, reverse=True):
             messages = fit_window(self.lm, messages, index)
-        return messages
+        return messages, start
 
 
 def fits_window(lm: LMPolicy, messages: Sequence[Message]) -> bool:

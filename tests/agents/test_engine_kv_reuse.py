@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from cmat_gym.agents import models  # noqa: E402
-from cmat_gym.agents.chat_agent import ChatAgent  # noqa: E402
+from cmat_gym.agents.chat_agent import LOW_WATER, ChatAgent  # noqa: E402
 from cmat_gym.agents.engine import RolloutEngine, default_cpu_threads  # noqa: E402
 from cmat_gym.agents.lm_policy import LMPolicy  # noqa: E402
 from cmat_gym.agents.models import load_model  # noqa: E402
@@ -260,3 +260,35 @@ def test_legacy_path_and_threads(tiny: tuple[Any, Any], monkeypatch: pytest.Monk
     assert default_cpu_threads() == 3
     monkeypatch.delenv("CMAT_GYM_THREADS")
     assert 1 <= default_cpu_threads() <= torch.get_num_threads()
+
+
+def test_chat_agent_cuts_the_history_with_headroom_so_sessions_keep_reusing(tiny: tuple[Any, Any]) -> None:
+    """A long conversation in a small window: when the history overflows, ChatAgent cuts old exchanges down to
+    a low-water mark and keeps that cut while the prompt fits, so the engine re-encodes the session only at
+    the cuts (a one-exchange sliding window re-encoded every turn after the first overflow)."""
+    model, tokenizer = tiny
+    lm = LMPolicy(model, tokenizer, max_new_tokens=8, max_batch=2, max_seq_len=256, stop=["<|im_end|>"])
+    agent = ChatAgent(lm, system_prompt="You are the Assistant.", history_turns=4)
+    rng = random.Random(7)
+    budget = lm.max_seq_len - lm.max_new_tokens
+    turns, reencoded, completions = 36, [], []
+    agent.act(["TASK: find the rows " + "word " * 20])
+    for t in range(turns):
+        before = lm.engine.stats["reencoded_sessions"]
+        completions.append(agent.last_completions[0])
+        agent.act([f"result {t}: " + "row " * rng.randint(3, 8)])
+        reencoded.append(lm.engine.stats["reencoded_sessions"] - before)
+    completions.append(agent.last_completions[0])
+    assert all(len(c.prompt_ids) <= budget for c in completions)  # (2) every prompt fits the window
+    task = tokenizer.encode("TASK: find the rows", add_special_tokens=False)
+    assert all(any(c.prompt_ids[i:i + len(task)] == task for i in range(64)) for c in completions)  # kept
+    cuts = [completions[t + 1] for t, count in enumerate(reencoded) if count]
+    assert all(len(c.prompt_ids) <= LOW_WATER * budget for c in cuts)  # a cut leaves headroom
+    first = reencoded.index(1)  # the first overflow
+    after = turns - first
+    assert after >= 20 and sum(reencoded) <= after // 3  # (1) far fewer re-encodes than turns
+    for t, count in enumerate(reencoded):  # (3) between cuts each prompt extends the previous turn
+        previous, current = completions[t], completions[t + 1]
+        extends = current.prompt_ids[: len(previous.prompt_ids) + len(previous.completion_ids)] == (
+            previous.prompt_ids + previous.completion_ids)
+        assert extends == (count == 0), t
