@@ -123,6 +123,10 @@ def load_model(
                 "(models are never downloaded)"
             )
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True).to(device)
+    if name_or_path in (SMOLLM2, TINY_RANDOM):
+        # peft writes the model's name_or_path into every saved adapter's config: the project's name,
+        # not this machine's cache folder, keeps an adapter portable to another machine.
+        model.config._name_or_path = model.name_or_path = name_or_path
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     prepare_tokenizer(tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

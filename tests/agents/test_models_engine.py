@@ -6,6 +6,7 @@ and log-probs must equal a teacher-forced HF forward. One slow test runs the rea
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,9 @@ def test_lora_adapter_round_trip_and_engine_merging(tiny: tuple[Any, Any], tmp_p
     assert [c.completion_ids for c in after] == expected
 
     policy.save_adapter(tmp_path / "adapter")
+    # Portable: the config names the project's model, not this machine's cache folder.
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "tiny-random"
     loaded = LMPolicy.from_pretrained("tiny-random", adapter=tmp_path / "adapter", max_new_tokens=10)
     assert loaded.act(observations) == [c.text for c in after]
 
