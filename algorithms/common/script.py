@@ -63,11 +63,13 @@ def parse_dataclass_args(
         hint = hints[f.name]
         optional = isinstance(hint, types.UnionType) and type(None) in hint.__args__
         base: Any = next(a for a in hint.__args__ if a is not type(None)) if optional else hint
+        # Every flag's help ends with its default, so `--help` alone says what a bare command runs.
+        help_text = f"{docs.get(f.name) or ''} (default: {f.default})".strip()
         if base is bool:
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=f.default,
-                                help=docs.get(f.name))
+                                help=help_text.replace("%", "%%"))
         else:
-            parser.add_argument(*flags, type=base, default=f.default, help=docs.get(f.name),
+            parser.add_argument(*flags, type=base, default=f.default, help=help_text.replace("%", "%%"),
                                 metavar=f.name.upper())
     return cls(**vars(parser.parse_args(argv)))
 

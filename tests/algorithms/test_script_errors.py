@@ -88,3 +88,22 @@ def test_helpers() -> None:
     with pytest.raises(SystemExit) as exit_info:
         fail("prog", "bad things")
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "module", ["algorithms.ppo_train", "algorithms.sft_train", "algorithms.grpo_train", "algorithms.checker_train"]
+)
+def test_help_states_every_flags_default(module: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--help` alone says what a bare command runs: each flag's help ends with its default."""
+    import dataclasses
+    import importlib
+
+    script = importlib.import_module(module)
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    fields = dataclasses.fields(script.Args)
+    assert text.count("(default: ") >= len(fields)  # a field doc may mention a default itself
+    for field in fields:
+        assert f"(default: {field.default})" in text, field.name
