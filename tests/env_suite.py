@@ -6,13 +6,16 @@ every registered domain; a test that registers its own domain (``tests/test_fake
 from __future__ import annotations
 
 import functools
+import json
 import random
 import string
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import gymnasium as gym
+import pytest
 from gymnasium.utils.env_checker import check_env
 from pettingzoo.test import (
     api_test,
@@ -89,6 +92,21 @@ def check_agents(domain: Domain, episodes: int = 6, **env_kwargs: Any) -> None:
     results = run_episodes(env_factory(domain.env_id, cmat=True, **env_kwargs), RandomPolicy(0, domain=domain.name),
                            episodes, seed=0, progress=False, batch_size=3)
     assert len(results) == episodes and all(r.steps >= 1 for r in results)
+
+
+def check_tiny_ppo_iteration(domain: Domain, output_dir: Path) -> None:
+    """One PPO iteration with the tiny random model through the domain's CMAT loop (rule checker as
+    critic reward) runs to its metrics: the domain is trainable end to end."""
+    pytest.importorskip("peft")
+    from algorithms import ppo_train
+
+    ppo_train.main([
+        "--env", domain.env_id, "--model", "tiny-random", "--device", "cpu", "--iterations", "1",
+        "--episodes-per-iteration", "2", "--max-turns", "2", "--max-new-tokens", "8", "--checker", "rule",
+        "--checker-weight", "0.5", "--max-seq-len", "1024", "--minibatch-size", "2", "--micro-batch-size", "1",
+        "--output-dir", str(output_dir), "--no-progress"])
+    metrics = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["iteration"] == 1 and metrics[-1]["episodes"] == 2
 
 
 def run_suite(domain: Domain) -> None:

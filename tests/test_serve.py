@@ -4,11 +4,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +16,7 @@ import pytest
 
 pytest.importorskip("torch")
 
+from serve_process import REPO, serving_tiny_random  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from cmat_gym import cli  # noqa: E402
@@ -28,41 +26,12 @@ from cmat_gym.agents.policies import make_policy  # noqa: E402
 from cmat_gym.evaluation import env_factory, run_episodes  # noqa: E402
 from cmat_gym.serve import MAX_BODY_BYTES, BatchGenerator, build_app, extract_tool_call  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """``cmat-gym serve --model tiny-random`` on a free loopback port, in its own process."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cmat_gym.cli", "serve", "--model", "tiny-random", "--port", str(port),
-         "--device", "cpu", "--threads", "1", "--max-tokens", "24", "--max-batch", "4"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"serve did not start: {process.communicate()[1][-2000:]}")
-        time.sleep(0.2)
-    yield url, process
-    if process.poll() is None:
-        process.kill()
-        process.communicate()
+    with serving_tiny_random() as (url, process):
+        yield url, process
 
 
 def test_models_lists_the_served_model(server: tuple[str, Any]) -> None:

@@ -193,44 +193,13 @@ def test_workers_share_one_model_server() -> None:
     """Ray workers as clients of one OpenAI-compatible server (``cmat-gym serve``, tiny-random): each worker
     builds its own client from the spec, the server batches their requests, and every episode comes back, in
     episode order, on the task the local run plays."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
+    from serve_process import serving_tiny_random
 
-    import httpx
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cmat_gym.cli", "serve", "--model", "tiny-random", "--port", str(port), "--device",
-         "cpu", "--threads", "1", "--max-tokens", "24", "--max-batch", "4"],
-        cwd=Path(__file__).resolve().parents[2], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"serve did not start: {process.communicate()[1][-2000:]}")
-            time.sleep(0.2)
+    with serving_tiny_random() as (url, _):
         kwargs = {"base_url": url, "model": "tiny-random", "domain": "db", "max_tokens": 24, "concurrency": 2}
         factory = env_factory("cmat/DB-v0", max_rounds=2)
         local = run_episodes(factory, PolicySpec("openai", kwargs), 6, seed=0, batch_size=2, progress=False)
         remote = run_episodes(factory, PolicySpec("openai", kwargs), 6, seed=0, batch_size=2, progress=False,
                               backend="ray", workers=2)
-    finally:
-        process.kill()
-        process.communicate()
     assert [r.task_id for r in remote] == [r.task_id for r in local]
     assert all(1 <= r.steps <= 2 for r in remote)  # every episode ran through the server and ended

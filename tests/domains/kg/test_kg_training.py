@@ -8,7 +8,9 @@ import random
 from pathlib import Path
 
 import pytest
+from env_suite import check_tiny_ppo_iteration
 
+from cmat_gym.core.domain import get_domain
 from cmat_gym.domains.kg import flawed_kg_action
 from cmat_gym.domains.kg.env import KGEnv
 from cmat_gym.domains.kg.tasks import generate_task
@@ -48,13 +50,4 @@ def test_sft_data_from_oracle_episodes_with_recovery_turns() -> None:
 
 
 def test_one_tiny_model_ppo_iteration_on_kg(tmp_path: Path) -> None:
-    pytest.importorskip("peft")
-    from algorithms import ppo_train
-
-    ppo_train.main([
-        "--env", "cmat/KG-v0", "--model", "tiny-random", "--device", "cpu", "--iterations", "1",
-        "--episodes-per-iteration", "2", "--max-turns", "2", "--max-new-tokens", "8", "--checker", "rule",
-        "--checker-weight", "0.5", "--max-seq-len", "1024", "--minibatch-size", "2", "--micro-batch-size", "1",
-        "--output-dir", str(tmp_path / "ppo"), "--no-progress"])
-    metrics = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
-    assert metrics[-1]["iteration"] == 1 and metrics[-1]["episodes"] == 2
+    check_tiny_ppo_iteration(get_domain("kg"), tmp_path / "ppo")

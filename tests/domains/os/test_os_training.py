@@ -3,11 +3,12 @@ episodes in the CMAT loop, and one PPO iteration of the tiny model (the sandbox 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from env_suite import check_tiny_ppo_iteration
 
+from cmat_gym.core.domain import get_domain
 from cmat_gym.domains.os.backend import is_available
 
 pytestmark = pytest.mark.skipif(not is_available(), reason="bubblewrap sandbox unavailable")
@@ -35,13 +36,4 @@ def test_sft_data_from_oracle_episodes_with_recovery_turns() -> None:
 
 
 def test_one_tiny_model_ppo_iteration_on_os(tmp_path: Path) -> None:
-    pytest.importorskip("peft")
-    from algorithms import ppo_train
-
-    ppo_train.main([
-        "--env", "cmat/OS-v0", "--model", "tiny-random", "--device", "cpu", "--iterations", "1",
-        "--episodes-per-iteration", "2", "--max-turns", "2", "--max-new-tokens", "8", "--checker", "rule",
-        "--checker-weight", "0.5", "--max-seq-len", "1024", "--minibatch-size", "2", "--micro-batch-size", "1",
-        "--output-dir", str(tmp_path / "ppo"), "--no-progress"])
-    metrics = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
-    assert metrics[-1]["iteration"] == 1 and metrics[-1]["episodes"] == 2
+    check_tiny_ppo_iteration(get_domain("os"), tmp_path / "ppo")
