@@ -243,6 +243,32 @@ def test_eval_batch_size_gives_the_sequential_report(capsys) -> None:
     assert reports[0] == reports[1]
 
 
+def test_eval_batches_a_language_model_by_default_and_plays_the_sequential_episodes(capsys, monkeypatch) -> None:
+    # Without --batch-size a local language model plays min(episodes, 16) episodes at once (one decode step
+    # for all of them); greedy, every episode's actions and observations equal those of --batch-size 1.
+    played = []
+
+    def spy(*args, **kwargs):
+        results = cli.evaluation.run_episodes(*args, **{**kwargs, "record": True})
+        played.append((kwargs["batch_size"], [[(s.action, s.observation) for s in r.trajectory.steps]
+                                               for r in results]))
+        return results
+
+    monkeypatch.setattr(cli, "run_episodes", spy)
+    argv = ("eval", "--policy", "tiny-random", "--episodes", "3", "--json", "--cmat", "--checker", "rule",
+            "--max-new-tokens", "12", "--max-rounds", "3", "--threads", "1", "--device", "cpu")
+    reports = [json.loads(run_cli(capsys, *argv, *extra)[1]) for extra in ((), ("--batch-size", "1"))]
+    assert [batch for batch, _ in played] == [3, 1]
+    assert reports[0] == reports[1]
+    assert played[0][1] == played[1][1]
+    assert len({steps[0][0] for steps in played[0][1]}) == 3  # the episodes differ: a real comparison
+    for policy, memory, batch in (("oracle", (), 1), ("tiny-random", ("--memory", "on"), 1),
+                                  ("tiny-random", (), 16), ("tiny-random", ("--batch-size", "2"), 2)):
+        args = cli.build_parser().parse_args(["eval", "--policy", policy, "--cmat", *memory])
+        cli.check_counts(args)
+        assert args.batch_size == batch
+
+
 def test_eval_cmat_json_reports_checker_and_memory(capsys) -> None:
     status, out, _ = run_cli(capsys, "eval", "--policy", "random", "--episodes", "12", "--json", "--cmat",
                              "--checker", "rule", "--memory", "on", "--seed", "1")
