@@ -32,6 +32,9 @@ Conventions used throughout:
 * Entries of any per-token tensor at masked positions may hold anything (even NaN/inf): they are never
   read into results or gradients (``torch.where``, not multiplication, is used to drop them).
 * An episode ends at its last action token: the value after it is 0 (no bootstrap past the end).
+* Batch statistics (the masked mean/var/whitening, explained variance, TIS stats) take an optional
+  ``reduce``: a :data:`Reduce` that sums a tensor over the training processes, so that a batch split
+  across processes is normalised with its global statistics. ``None`` (one process) reduces nothing.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "PPOStats",
+    "Reduce",
     "ValueHead",
     "action_logprobs",
     "compute_advantages",
@@ -73,6 +77,9 @@ __all__ = [
 # masks and masked statistics
 # --------------------------------------------------------------------------------------------------
 
+Reduce = Callable[[Tensor], Tensor]
+"""Sums a tensor over the processes that each hold a share of the batch (e.g. an ``all_reduce``)."""
+
 
 def _as_bool_mask(mask: Tensor, like: Tensor | None = None) -> Tensor:
     """``mask`` as a bool tensor, checking that it holds only 0/1 and (optionally) matches ``like``'s shape."""
@@ -85,42 +92,50 @@ def _as_bool_mask(mask: Tensor, like: Tensor | None = None) -> Tensor:
     return mask != 0
 
 
-def masked_mean(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+def masked_mean(values: Tensor, mask: Tensor, dim: int | None = None, *, reduce: Reduce | None = None) -> Tensor:
     """Mean of ``values`` over entries where ``mask`` is 1 (all of them, or along ``dim``).
 
     Masked-out entries never contribute (NaN there is fine). An empty selection gives 0, not NaN, so a
-    minibatch without action tokens yields a zero loss instead of poisoning the optimiser.
+    minibatch without action tokens yields a zero loss instead of poisoning the optimiser. With
+    ``reduce``, the sum and the count are summed over processes first (the global batch's mean).
     """
     m = _as_bool_mask(mask, values)
     total = torch.where(m, values, torch.zeros_like(values)).sum(dim=dim)
     count = m.sum(dim=dim).to(total.dtype)
+    if reduce is not None:
+        total, count = reduce(total), reduce(count)
     return total / count.clamp(min=1)
 
 
-def masked_var(values: Tensor, mask: Tensor, unbiased: bool = False) -> Tensor:
+def masked_var(values: Tensor, mask: Tensor, unbiased: bool = False, *, reduce: Reduce | None = None) -> Tensor:
     """Variance of ``values`` over masked-in entries (population variance unless ``unbiased``).
 
     Population variance is the default so that a single action token gives 0 instead of a division by 0.
+    Two passes (the mean, then the squared deviations), each reduced over processes with ``reduce``.
     """
     m = _as_bool_mask(mask, values)
-    mean = masked_mean(values, m)
-    var = masked_mean((values - mean) ** 2, m)
+    mean = masked_mean(values, m, reduce=reduce)
+    var = masked_mean((values - mean) ** 2, m, reduce=reduce)
     if unbiased:
         n = m.sum().to(var.dtype)
+        n = reduce(n) if reduce is not None else n
         if n < 2:
             raise ValueError("unbiased variance needs at least two masked-in entries")
         var = var * n / (n - 1)
     return var
 
 
-def masked_whiten(values: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def masked_whiten(
+    values: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8, *, reduce: Reduce | None = None
+) -> Tensor:
     """Normalise ``values`` to mean 0 / std 1 (population) over masked-in entries; masked-out entries -> 0.
 
-    With ``shift_mean=False`` only the scale is changed (the mean is added back), as for rewards.
+    With ``shift_mean=False`` only the scale is changed (the mean is added back), as for rewards. With
+    ``reduce``, the mean and variance are those of the global batch (summed over processes).
     """
     m = _as_bool_mask(mask, values)
-    mean = masked_mean(values, m)
-    var = masked_var(values, m)
+    mean = masked_mean(values, m, reduce=reduce)
+    var = masked_var(values, m, reduce=reduce)
     whitened = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
@@ -234,6 +249,8 @@ def normalize_advantages(
     episode_returns: Tensor,
     whiten: bool = True,
     min_spread: float = 1e-6,
+    *,
+    reduce: Reduce | None = None,
 ) -> tuple[Tensor, bool]:
     """The advantages the policy trains on, and whether the batch carries any signal.
 
@@ -243,6 +260,9 @@ def normalize_advantages(
     to unit size and take a full policy step on it, so such a batch gets zero advantages (the policy
     term has no gradient; the critic still trains on its returns). Otherwise the advantages are whitened
     over the action tokens (or returned as they are with ``whiten=False``); masked entries become 0.
+
+    Across processes, pass the GLOBAL batch's ``episode_returns`` (the signal check is batch-wide) and
+    ``reduce`` (whitening with the global mean and std).
     """
     m = _as_bool_mask(mask, advantages)
     returns = torch.as_tensor(episode_returns, dtype=torch.float64).reshape(-1)
@@ -250,12 +270,12 @@ def normalize_advantages(
     if not has_signal:
         return torch.zeros_like(advantages), False
     if whiten:
-        return masked_whiten(advantages, m), True
+        return masked_whiten(advantages, m, reduce=reduce), True
     return torch.where(m, advantages, torch.zeros_like(advantages)), True
 
 
 def truncated_importance_weights(
-    logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor, cap: float = 2.0
+    logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor, cap: float = 2.0, *, reduce: Reduce | None = None
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Truncated importance sampling (TIS) weights ``min(pi_train(a) / pi_sampler(a), cap)`` per token.
 
@@ -272,17 +292,17 @@ def truncated_importance_weights(
     ratio = torch.exp(log_ratio)
     weights = torch.where(m, ratio.clamp(max=cap), 0.0)
     stats = {
-        "tis_weight_mean": masked_mean(weights, m),
-        "tis_clipfrac": masked_mean((ratio > cap).float(), m),
+        "tis_weight_mean": masked_mean(weights, m, reduce=reduce),
+        "tis_clipfrac": masked_mean((ratio > cap).float(), m, reduce=reduce),
     }
     return weights, stats
 
 
-def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor, *, reduce: Reduce | None = None) -> Tensor:
     """``1 - Var(returns - values) / Var(returns)`` over action tokens (NaN if the returns are constant)."""
     m = _as_bool_mask(mask, values)
-    var_returns = masked_var(returns.detach(), m)
-    return 1.0 - masked_var((returns - values).detach(), m) / var_returns
+    var_returns = masked_var(returns.detach(), m, reduce=reduce)
+    return 1.0 - masked_var((returns - values).detach(), m, reduce=reduce) / var_returns
 
 
 # --------------------------------------------------------------------------------------------------
@@ -685,6 +705,15 @@ class PPOStats:
     def mean(self) -> dict[str, float]:
         """Mean of each key over the values recorded since construction or the last :meth:`reset`."""
         return {k: self._sums[k] / self._counts[k] for k in self._sums}
+
+    def merge(self, others: Sequence[PPOStats]) -> PPOStats:
+        """A new :class:`PPOStats` holding this one's values and ``others``' (e.g. every process's)."""
+        merged = PPOStats()
+        for stats in [self, *others]:
+            for key, total in stats._sums.items():
+                merged._sums[key] += total
+                merged._counts[key] += stats._counts[key]
+        return merged
 
     def reset(self) -> None:
         """Forget everything recorded."""

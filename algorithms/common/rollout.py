@@ -292,6 +292,7 @@ def collect_episodes(
     sample_seed: int | None = None,
     reset_options: dict[str, Any] | None = None,
     progress: bool | str = False,
+    wave_indices: Sequence[int] | None = None,
 ) -> list[Episode]:
     """Play one episode per seed (``env.reset(seed=...)``), stepping up to ``len(envs)`` episodes together.
 
@@ -304,9 +305,15 @@ def collect_episodes(
         max_seq_len: most tokens per episode sequence; an action is cut to fit, and an episode whose next
             observation would not fit ends there (``end="max_length"``, score 0).
         temperature: sampling temperature (0: greedy, for evaluation).
-        sample_seed: seeds the sampler; turn ``k`` of a wave uses ``sample_seed + k`` (reproducible).
+        sample_seed: seeds the sampler; turn ``k`` of wave ``w`` uses a seed drawn from
+            ``(sample_seed, w, k)`` (reproducible).
         reset_options: passed to every ``env.reset``.
         progress: a tqdm bar over finished episodes (a string is used as its description).
+        wave_indices: the index ``w`` of each wave of ``len(envs)`` seeds in a larger batch (default
+            ``0, 1, ...``). A process that plays some waves of a batch split across processes passes
+            their global indices: the sampler seeds, like the reset seeds, are then those the one-process
+            run uses for the same episodes (the engine samples a wave with one generator, so the unit
+            of identical randomness is the wave, not the episode).
     """
     episodes: list[Episode] = []
     bar = tqdm(
@@ -317,7 +324,11 @@ def collect_episodes(
         dynamic_ncols=True,
     )
     wave_size = len(envs)
-    for wave_index, start in enumerate(range(0, len(seeds), wave_size)):
+    starts = range(0, len(seeds), wave_size)
+    if wave_indices is not None and len(wave_indices) != len(starts):
+        raise ValueError(f"{len(wave_indices)} wave indices for {len(starts)} waves of {wave_size} seeds")
+    indices = wave_indices if wave_indices is not None else range(len(starts))
+    for wave_index, start in zip(indices, starts, strict=True):
         wave_seeds = list(seeds[start : start + wave_size])
         wave = [Episode(seed=s) for s in wave_seeds]
         active = []
