@@ -24,6 +24,12 @@ forward (logprobs + values on a shared backbone, reference log-probs from the sa
 adapter disabled: no second model copy), GAE across observation spans, and the loop with exact resume.
 
 Only the adapter and the value head are trained; the base weights never change (asserted at start).
+
+Several processes (``accelerate launch --num_processes N [--cpu] -m algorithms.ppo_train ...``): each
+plays whole waves of every iteration's episodes and scores them, the statistics the update uses are
+those of the global batch, and the summed gradients of the adapter and value head are all-reduced
+before each optimizer step, so every replica takes the same step as one process would on the whole
+batch; only the main process writes files (see :class:`Processes` and docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import random
 import shutil
 import sys
@@ -39,7 +46,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -51,6 +58,7 @@ from algorithms.common.checkpoint import atomic_write_text, replace_dir, save_ad
 from algorithms.common.metrics import append_jsonl, json_safe, plot_learning_curve, read_jsonl, write_jsonl
 from algorithms.common.ppo_core import (
     PPOStats,
+    Reduce,
     ValueHead,
     action_logprobs,
     compute_advantages,
@@ -117,7 +125,7 @@ class Args:
     """show tqdm progress bars"""
 
     # ---- environment and rollouts
-    checker: str = "rule"
+    checker: Literal["rule", "learned", "none"] = "rule"
     """checker policy of the loop: rule (the domain's rule checker), learned (needs --checker-adapter) or none"""
     checker_weight: float = 0.0
     """per-turn shaping reward = checker_weight * checker score (keep it below the task score's 1)"""
@@ -128,7 +136,7 @@ class Args:
     their hindsight labels (saved to output_dir/checker, which --resume continues from)"""
     checker_lr: float = 1e-4
     """--train-checker: AdamW learning rate of the checker's adapter (constant)"""
-    difficulty: int | None = None
+    difficulty: Literal[1, 2, 3] | None = None
     """task difficulty 1-3; default: drawn per episode"""
     episodes_per_iteration: int = 16
     """episodes collected per iteration (the PPO batch)"""
@@ -146,7 +154,7 @@ class Args:
     """the Assistant's system prompt; default: the role and the domain's action grammar"""
 
     # ---- adapter
-    peft: str = "lora"
+    peft: Literal["lora", "p-tuning"] = "lora"
     """adapter kind: lora or p-tuning (ignored with --init-adapter, whose config decides)"""
     init_adapter: str | None = None
     """start from this saved peft adapter (e.g. the SFT warm-up); it is then also the KL reference"""
@@ -190,7 +198,7 @@ class Args:
     (per-token 0.95 scales it by ~0.05 sixty tokens back)"""
     kl_coef: float = 0.05
     """per-token KL(policy || reference) penalty in the reward"""
-    kl_estimator: str = "k1"
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     """KL estimator in the reward: k1, k2 or k3"""
     whiten_advantages: bool = True
     """normalise advantages over the batch's action tokens (a batch whose episodes all earned the same
@@ -244,6 +252,125 @@ def check_args(argv: Sequence[str]) -> Args:
                    "micro_batch_size", "checkpoint_every", "logprob_chunk_size")
     check_at_least(args, 0, "eval_every", "eval_episodes", "critic_warmup")
     return args
+
+
+# --------------------------------------------------------------------------------------------------
+# processes: one (plain python) or several (accelerate launch), each playing a share of the batch
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Processes:
+    """This process among the training processes, and the collectives that make its share global.
+
+    One process (``python -m algorithms.ppo_train``) is rank 0 of 1 and every helper is the identity, so
+    the single-process run is exactly what it was. Under ``accelerate launch`` (or ``torchrun``) the
+    process group is the one accelerate's ``PartialState`` joins (gloo on CPU, nccl on GPUs). Gradients
+    are summed with one explicit ``all_reduce`` over the adapter and value-head grads rather than DDP:
+    micro-batches weighted by the global minibatch's token count, and processes that hold no row of a
+    minibatch, need no special casing that way.
+    """
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    """where the backend's tensors must live (CPU for gloo, this process's GPU for nccl)"""
+
+    @classmethod
+    def from_env(cls, device: str) -> Processes:
+        """One process unless a launcher set ``WORLD_SIZE`` > 1; then join its group through accelerate."""
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        from accelerate import PartialState
+
+        state = PartialState(cpu=device == "cpu")
+        backend_device = torch.device("cpu") if state.backend == "gloo" else state.device
+        return cls(state.process_index, state.num_processes, state.local_process_index, backend_device)
+
+    @property
+    def main(self) -> bool:
+        """Only the main process writes files and shows progress."""
+        return self.rank == 0
+
+    @property
+    def reduce(self) -> Reduce | None:
+        """The sum over processes for ``ppo_core``'s batch statistics (None with one process)."""
+        return self.sum if self.world > 1 else None
+
+    def sum(self, tensor: Tensor) -> Tensor:
+        """``tensor`` summed over processes (a new tensor on ``tensor``'s device)."""
+        import torch.distributed as dist
+
+        total = tensor.detach().to(self.device, copy=True)
+        dist.all_reduce(total)
+        return total.to(tensor.device)
+
+    def max(self, value: float) -> float:
+        """The largest of every process's ``value``."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t.item())
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every process's ``obj`` (picklable), in rank order."""
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def sum_grads(self, params: Sequence[nn.Parameter]) -> None:
+        """Sum the gradients over processes in place (one flat ``all_reduce``); missing grads count as 0."""
+        if self.world == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = self.sum(torch.cat([g.reshape(-1) for g in grads]))
+        offset = 0
+        for p, g in zip(params, grads, strict=True):
+            p.grad = flat[offset : offset + g.numel()].view_as(g).to(g.dtype)
+            offset += g.numel()
+
+    def broadcast_(self, tensors: Sequence[Tensor]) -> None:
+        """Overwrite ``tensors`` with the main process's values (the replicas start identical)."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        for t in tensors:
+            buf = t.detach().to(self.device, copy=True)
+            dist.broadcast(buf, src=0)
+            with torch.no_grad():
+                t.copy_(buf)
+
+    def waves(self, n_episodes: int, rollout_batch: int, rank: int | None = None) -> tuple[int, list[int], list[int]]:
+        """``(wave_size, wave_indices, episode_indices)`` of process ``rank`` (default: this one).
+
+        A batch of ``n_episodes`` is cut into waves of ``min(rollout_batch, ceil(n_episodes / world))``
+        consecutive episodes, dealt round-robin to the processes. The reset seed of an episode and the
+        sampler seed of a wave depend only on their global index, so a one-process run with
+        ``--rollout-batch`` equal to the wave size plays the very same episodes.
+        """
+        rank = self.rank if rank is None else rank
+        size = min(rollout_batch, -(-n_episodes // self.world))
+        mine = list(range(rank, -(-n_episodes // size), self.world))
+        return size, mine, [i for w in mine for i in range(w * size, min((w + 1) * size, n_episodes))]
+
+    def gather_episodes(self, episodes: list[Episode], n_episodes: int, rollout_batch: int) -> list[Episode]:
+        """The whole batch, in global order, from each process's ``episodes`` (its :meth:`waves`)."""
+        if self.world == 1:
+            return episodes
+        batch: list[Any] = [None] * n_episodes
+        for rank, part in enumerate(self.gather(episodes)):
+            for index, episode in zip(self.waves(n_episodes, rollout_batch, rank)[2], part, strict=True):
+                batch[index] = episode
+        return batch
 
 
 # --------------------------------------------------------------------------------------------------
@@ -375,11 +502,14 @@ def score_episodes(
     ref_adapter: str | None,
     device: torch.device,
     chunk_size: int = 512,
+    progress: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Policy log-probs, values and reference log-probs, each ``[B, T-1]`` on the shifted grid."""
+    """Policy log-probs, values and reference log-probs, each ``[B, T-1]`` on the shifted grid
+    (``progress``: a tqdm bar over the micro-batches)."""
     B, T = batch["input_ids"].shape
     logprobs, values, ref_logprobs = (torch.zeros(B, T - 1) for _ in range(3))
-    for rows in torch.arange(B).split(micro_batch_size):
+    micro_batches = torch.arange(B).split(micro_batch_size)
+    for rows in tqdm(micro_batches, desc="score", disable=not progress, leave=False, dynamic_ncols=True):
         mb, length = trim({k: batch[k] for k in ("input_ids", "attention_mask", "action_mask")}, rows)
         ids, att = mb["input_ids"].to(device), mb["attention_mask"].to(device)
         mask = mb["action_mask"][:, 1:].to(device)
@@ -522,11 +652,20 @@ def train(args: Args) -> TrainResult:
         raise SystemExit(
             f"{out} already holds a checkpoint: pass --resume to continue it, or use another --output-dir"
         )
+    procs = Processes.from_env(args.device)
+    if procs.world > 1 and args.train_checker:
+        raise SystemExit("--train-checker runs in one process only: each process would train its own checker")
+    if procs.world > args.episodes_per_iteration:
+        raise SystemExit(f"--episodes-per-iteration must be at least the number of processes ({procs.world})")
+    show = args.progress and procs.main  # progress bars and logs on the main process only
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
+    if procs.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", procs.local_rank)  # one GPU per process
     E = args.episodes_per_iteration
+    wave_size, my_waves, my_episodes = procs.waves(E, args.rollout_batch)
 
     # ---- model: frozen base + trainable adapter + value head (shared backbone)
     policy = LMPolicy.from_pretrained(
@@ -586,8 +725,9 @@ def train(args: Args) -> TrainResult:
             for _ in range(n)
         ]
 
-    envs = make_envs(min(E, args.rollout_batch), "train")
-    eval_envs = make_envs(min(args.eval_episodes, args.rollout_batch), "test") if args.eval_every > 0 else []
+    envs = make_envs(wave_size, "train")  # one process: min(E, rollout_batch)
+    evaluating = args.eval_every > 0 and procs.main  # evaluation runs on the main process alone
+    eval_envs = make_envs(min(args.eval_episodes, args.rollout_batch), "test") if evaluating else []
     system_prompt = args.system_prompt or assistant_system_prompt(envs[0].domain_env.grammar)
     fragments = ChatFragments(tokenizer, system_prompt)
     generate = policy_generate_fn(policy)
@@ -624,18 +764,20 @@ def train(args: Args) -> TrainResult:
                 group["lr"] = lr
     elif args.resume:
         print(f"--resume: no checkpoint in {ckpt_root}, starting fresh")
+    procs.broadcast_(params)  # the replicas start from the main process's weights (a no-op for one process)
     metrics = read_jsonl(out / "metrics.jsonl", start - 1)  # drop rows written after the checkpoint
     evals = read_jsonl(out / "eval.jsonl", start - 1)
-    write_jsonl(out / "metrics.jsonl", metrics)
-    write_jsonl(out / "eval.jsonl", evals)
+    if procs.main:
+        write_jsonl(out / "metrics.jsonl", metrics)
+        write_jsonl(out / "eval.jsonl", evals)
 
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(out / "tb"), purge_step=start)
-    if start == 1:
+    writer = SummaryWriter(str(out / "tb"), purge_step=start) if procs.main else None
+    if writer is not None and start == 1:
         writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
     wandb_run = None
-    if args.wandb:
+    if args.wandb and procs.main:
         import wandb
 
         id_file = out / "wandb_id.txt"
@@ -679,7 +821,7 @@ def train(args: Args) -> TrainResult:
         writer.add_scalar("eval/mean_score", row["eval_mean_score"], iteration)
         return row
 
-    if args.eval_every > 0 and start == 1:
+    if evaluating and start == 1:
         evaluate(0)  # the starting point of the learning curve
 
     for iteration in trange(
@@ -688,14 +830,15 @@ def train(args: Args) -> TrainResult:
         desc="ppo",
         initial=start - 1,
         total=args.iterations,
-        disable=not args.progress,
+        disable=not show,
         dynamic_ncols=True,
     ):
         # ============================================================================ ROLLOUT
-        # E episodes, batched across envs; token in, token out (see algorithms/common/rollout.py).
+        # E episodes, batched across envs; token in, token out (see algorithms/common/rollout.py). With
+        # several processes, each plays its waves of the batch; seeds depend on global indices only.
         t0 = time.perf_counter()
         model.eval()
-        seeds = [derive_seed(args.seed, 0, episodes_done + i) for i in range(E)]
+        seeds = [derive_seed(args.seed, 0, episodes_done + i) for i in my_episodes]
         episodes: list[Episode] = collect_episodes(
             envs,
             generate,
@@ -705,20 +848,27 @@ def train(args: Args) -> TrainResult:
             max_seq_len=args.max_seq_len,
             temperature=args.temperature,
             sample_seed=derive_seed(args.seed, 1, iteration),
-            progress="rollout" if args.progress else False,
+            progress="rollout" if show else False,
+            wave_indices=my_waves,
         )
         episodes_done += E
-        rollout_s = time.perf_counter() - t0
+        rollout_s = procs.max(time.perf_counter() - t0)  # the slowest process sets the pace
+        all_episodes = procs.gather_episodes(episodes, E, args.rollout_batch)  # the global batch, in order
         t0 = time.perf_counter()
         checker_row = online.update(envs, episodes) if online is not None else {}
         if online is not None:
             checker_row["checker_update_s"] = time.perf_counter() - t0
-        n_generated = sum(e.n_action_tokens for e in episodes)
+        n_generated = sum(e.n_action_tokens for e in all_episodes)
 
         # ============================================================================ SCORING
         # One forward with the adapter (log-probs + values), one with the reference (adapter off).
         t0 = time.perf_counter()
-        train_eps = [e for e in episodes if e.n_action_tokens > 0]
+        train_eps = [e for e in episodes if e.n_action_tokens > 0]  # this process's rows
+        # the global training rows (episode indices) and where this process holds each of its own
+        train_ids = [g for g, e in enumerate(all_episodes) if e.n_action_tokens > 0]
+        mine = [g for g in my_episodes if all_episodes[g].n_action_tokens > 0]
+        local_row = {g: r for r, g in enumerate(mine)}
+        row_tokens = torch.tensor([all_episodes[g].n_action_tokens for g in train_ids])
         batch = episodes_to_tensors(train_eps, pad_id)
         mask = batch["action_mask"][:, 1:]  # shifted grid: position t scores token t+1
         old_logprobs, old_values, ref_logprobs = score_episodes(
@@ -730,6 +880,7 @@ def train(args: Args) -> TrainResult:
             ref_adapter=ref_adapter,
             device=device,
             chunk_size=args.logprob_chunk_size,
+            progress=show,
         )
         mismatch = (old_logprobs - batch["rollout_logprobs"][:, 1:]).abs()[mask]
         kl = kl_penalty(old_logprobs, ref_logprobs, args.kl_estimator)  # type: ignore[arg-type]
@@ -746,12 +897,13 @@ def train(args: Args) -> TrainResult:
         advantages, returns = compute_advantages(
             rewards, old_values, mask, args.gamma, critic_lambda=args.gae_lambda, policy_lambda=args.policy_lambda
         )
-        episode_returns = torch.tensor([e.score + sum(e.turn_shaping()) for e in train_eps])
+        # batch-wide: the signal check over every episode's return, whitening with the global mean/std
+        episode_returns = torch.tensor([all_episodes[g].score + sum(all_episodes[g].turn_shaping()) for g in train_ids])
         advantages, has_signal = normalize_advantages(
-            advantages, mask, episode_returns, whiten=args.whiten_advantages
+            advantages, mask, episode_returns, whiten=args.whiten_advantages, reduce=procs.reduce
         )
         tis_weights, tis_stats = truncated_importance_weights(
-            old_logprobs, batch["rollout_logprobs"][:, 1:], mask, cap=args.tis_cap or float("inf")
+            old_logprobs, batch["rollout_logprobs"][:, 1:], mask, cap=args.tis_cap or float("inf"), reduce=procs.reduce
         )
         tensors = {
             **batch,
@@ -773,13 +925,21 @@ def train(args: Args) -> TrainResult:
         shuffle = torch.Generator().manual_seed(derive_seed(args.seed, 2, iteration))
         warmup = iteration <= args.critic_warmup
         pg_coef = 0.0 if warmup else 1.0
-        B = len(train_eps)
+        B = len(train_ids)  # global: every process draws the same permutation of the global rows
         n_steps = 0
+        bar = tqdm(
+            total=args.ppo_epochs * -(-B // args.minibatch_size),
+            desc="update",
+            disable=not show,
+            leave=False,
+            dynamic_ncols=True,
+        )
         for _epoch in range(args.ppo_epochs):
             for minibatch in torch.randperm(B, generator=shuffle).split(args.minibatch_size):
                 optimizer.zero_grad(set_to_none=True)
-                n_tokens = mask[minibatch].sum().clamp(min=1)
-                for rows in minibatch.split(args.micro_batch_size):
+                n_tokens = row_tokens[minibatch].sum().clamp(min=1)  # the global minibatch's action tokens
+                owned = [local_row[train_ids[j]] for j in minibatch.tolist() if train_ids[j] in local_row]
+                for rows in torch.tensor(owned, dtype=torch.long).split(args.micro_batch_size):
                     mb, _ = trim(tensors, rows)
                     mb = {k: v.to(device) for k, v in mb.items()}
                     with autocast(device):
@@ -800,6 +960,7 @@ def train(args: Args) -> TrainResult:
                     s["entropy"] = masked_mean(fwd.entropy, mb["mask"])
                     (loss * (mb["mask"].sum() / n_tokens.to(device))).backward()
                     stats.add(s)
+                procs.sum_grads(params)  # every replica now holds the global minibatch's gradient
                 if warmup:  # the critic warms up alone: the adapter is the policy, leave it untouched
                     for _, p in trainable:
                         p.grad = None
@@ -807,38 +968,42 @@ def train(args: Args) -> TrainResult:
                 optimizer.step()
                 n_steps += 1
                 stats.add(grad_norm=grad_norm)
+                bar.update(1)
+        bar.close()
         update_s = time.perf_counter() - t0
 
         # ============================================================================ LOG
-        s = stats.mean()
-        turns = [t for e in episodes for t in e.turns]
+        # every figure is the global batch's (episodes gathered, tensor statistics reduced)
+        parts = procs.gather(stats)
+        s = parts[0].merge(parts[1:]).mean()
+        turns = [t for e in all_episodes for t in e.turns]
         row: dict[str, Any] = {
             "iteration": iteration,
             "episodes": episodes_done,
-            "success_rate": mean_or_nan([float(e.success) for e in episodes]),
-            "mean_score": mean_or_nan([e.score for e in episodes]),
+            "success_rate": mean_or_nan([float(e.success) for e in all_episodes]),
+            "mean_score": mean_or_nan([e.score for e in all_episodes]),
             "policy_loss": s["policy_loss"],
             "value_loss": s["value_loss"],
             "approx_kl": s["approx_kl"],
             "clipfrac": s["clipfrac"],
-            "kl_to_ref": float(masked_mean(old_logprobs - ref_logprobs, mask)),
+            "kl_to_ref": float(masked_mean(old_logprobs - ref_logprobs, mask, reduce=procs.reduce)),
             "entropy": s["entropy"],
-            "checker_env_agreement": checker_env_agreement(episodes),
+            "checker_env_agreement": checker_env_agreement(all_episodes),
             "rollout_s": rollout_s,
             "update_s": update_s,
             "tokens_per_s": n_generated / max(rollout_s, 1e-9),
             "score_s": score_s,
-            "shaping_reward": mean_or_nan([r for e in episodes for r in e.turn_shaping()]),
-            "mean_turns": mean_or_nan([len(e.turns) for e in episodes]),
+            "shaping_reward": mean_or_nan([r for e in all_episodes for r in e.turn_shaping()]),
+            "mean_turns": mean_or_nan([len(e.turns) for e in all_episodes]),
             "mean_action_tokens": mean_or_nan([t.n_tokens for t in turns]),
             "checker_reject_rate": mean_or_nan([float(t.checker_verdict == "REJECT") for t in turns]),
             "truncated_turns": mean_or_nan([float(t.finish_reason == "length") for t in turns]),
-            "max_length_episodes": sum(e.end == "max_length" for e in episodes),
-            "seq_len_max": int(batch["input_ids"].shape[1]),
-            "logprob_mismatch_max": float(mismatch.max()) if mismatch.numel() else 0.0,
+            "max_length_episodes": sum(e.end == "max_length" for e in all_episodes),
+            "seq_len_max": int(procs.max(batch["input_ids"].shape[1])),
+            "logprob_mismatch_max": procs.max(float(mismatch.max()) if mismatch.numel() else 0.0),
             "ratio_mean": s["ratio_mean"],
             "vf_clipfrac": s["vf_clipfrac"],
-            "explained_variance": float(explained_variance(old_values, returns, mask)),
+            "explained_variance": float(explained_variance(old_values, returns, mask, reduce=procs.reduce)),
             "grad_norm": s["grad_norm"],
             "optimizer_steps": n_steps,
             "policy_update": float(has_signal and not warmup),
@@ -848,10 +1013,12 @@ def train(args: Args) -> TrainResult:
         }
 
         # ============================================================================ EVAL
-        if args.eval_every > 0 and (iteration % args.eval_every == 0 or iteration == args.iterations):
+        if evaluating and (iteration % args.eval_every == 0 or iteration == args.iterations):
             result = evaluate(iteration)
             row.update({k: v for k, v in result.items() if k not in ("iteration", "eval_outcomes")})
 
+        if not procs.main:  # the rest writes files: the main process's job
+            continue
         row = {k: json_safe(v) for k, v in row.items()}
         metrics.append(row)
         append_jsonl(out / "metrics.jsonl", row)
@@ -884,9 +1051,10 @@ def train(args: Args) -> TrainResult:
                 online.save(out / "checker")
         plot_learning_curve(out / "learning_curve.png", metrics, evals)
 
-    if not (out / "adapter").exists():  # e.g. resumed a finished run: still leave an adapter behind
+    if procs.main and not (out / "adapter").exists():  # e.g. resumed a finished run: leave an adapter behind
         save_adapter(model, out / "adapter")
-    writer.close()
+    if writer is not None:
+        writer.close()
     if wandb_run is not None:
         wandb_run.finish()
     for env in [*envs, *eval_envs]:
