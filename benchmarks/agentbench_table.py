@@ -164,6 +164,7 @@ def run_row(
         factory = env_factory(source.env_id, cmat=variant.cmat, checker=variant.checker, checker_policy=lm,
                               memory=memory, **source.env_kwargs)
         tokens_before = getattr(policy, "generated_tokens", 0)
+        engine_before = engine_stats(policy)
         started = time.perf_counter()
         results = run_episodes(factory, policy, source.episodes, args.seed, task_indices=source.task_indices,
                                progress=not args.quiet, batch_size=args.batch_size)
@@ -173,6 +174,9 @@ def run_row(
         tokens = getattr(policy, "generated_tokens", 0) - tokens_before
         if tokens:
             cell.update(generated_tokens=tokens, tokens_per_s=tokens / wall)
+        engine_after = engine_stats(policy)
+        if engine_after:  # where the time went: prefill, decode, the rest (env, tokenizer, prompt rendering)
+            cell["engine"] = {k: v - engine_before.get(k, 0) for k, v in engine_after.items()}
         if variant.cmat:
             cell["cmat"] = summarize_cmat(results)
         if memory is not None:
@@ -187,6 +191,12 @@ def run_row(
     pooled = [EpisodeResult(**r) for cell in row["sources"].values() for r in cell["results"]]
     row["overall"] = summarize(pooled)
     return row
+
+
+def engine_stats(policy: Policy) -> dict[str, float]:
+    """The rollout engine's counters behind a language-model agent ({} for other agents or before use)."""
+    engine = getattr(getattr(policy, "lm", None), "_engine", None)  # not .engine: that would build one
+    return dict(engine.stats) if engine is not None else {}
 
 
 # ------------------------------------------------------------------------------ printing
@@ -241,6 +251,12 @@ def format_table(rows: Sequence[dict[str, Any]], srcs: Sequence[Source]) -> str:
             tok = f", {c['tokens_per_s']:.1f} generated tokens/s" if "tokens_per_s" in c else ""
             lines.append(f"  {r['agent']:<{width}} {n:<12} {c['wall_s']:8.1f} s, "
                          f"{c['episodes_per_s']:.3f} episodes/s{tok}")
+            e = c.get("engine")
+            if e:
+                rest = c["wall_s"] - e["prefill_s"] - e["decode_s"]
+                lines.append(f"  {'':<{width}}   prefill {e['prefill_s']:.1f} s ({e['prefilled_tokens']:.0f} of "
+                             f"{e['prompt_tokens']:.0f} prompt tokens, {e['reused_tokens']:.0f} reused), decode "
+                             f"{e['decode_s']:.1f} s ({e['decode_steps']:.0f} steps), rest {rest:.1f} s")
     return "\n".join(lines)
 
 

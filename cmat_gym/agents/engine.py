@@ -70,6 +70,7 @@ import contextlib
 import logging
 import math
 import os
+import time
 from collections import deque
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -235,7 +236,12 @@ class RolloutEngine:
         self._row_session: list[Hashable | None] = [None] * B
         self._sessions: dict[Hashable, int] = {}  # session -> row
         self._dropped: dict[Hashable, str] = {}  # session -> why its cached state went (for the log)
-        self.stats = {"prompt_tokens": 0, "reused_tokens": 0, "prefilled_tokens": 0, "reencoded_sessions": 0}
+        # Token counts, and host seconds spent placing + prefilling prompts and decoding (on CUDA the host
+        # seconds include waiting for the GPU only where a step syncs): where a rollout's time goes.
+        self.stats: dict[str, float] = {
+            "prompt_tokens": 0, "reused_tokens": 0, "prefilled_tokens": 0, "reencoded_sessions": 0,
+            "decode_steps": 0, "prefill_s": 0.0, "decode_s": 0.0,
+        }
 
         self.w = self._alloc_weights()
         self._fingerprint: tuple | None = None
@@ -893,8 +899,10 @@ class RolloutEngine:
         generator: torch.Generator | None,
     ) -> list[GenerationResult]:
         n, S = len(prompts), self.max_seq_len
+        started = time.perf_counter()
         offsets = self._place(prompts, keys)
         logits = self._extend(range(n), [p[o:] for p, o in zip(prompts, offsets, strict=True)], offsets)
+        decoding = time.perf_counter()
         for j, (p, o) in enumerate(zip(prompts, offsets, strict=True)):
             self._row_tokens[j, o : len(p)] = torch.as_tensor(p[o:], dtype=torch.long)
             self._row_len[j] = len(p)
@@ -930,6 +938,7 @@ class RolloutEngine:
             else:  # attend over the columns written so far only (the longest row's)
                 logits = self._decode(b, P + t + 1, None, full)[:n]
         generated = tokens[:, :steps].tolist()
+        self._count_time(started, decoding, steps)
         fed = max(steps - 1, 0)  # every token but the last went through a decode step: its KV is cached
         if fed:
             for j, p in enumerate(prompts):
@@ -949,7 +958,11 @@ class RolloutEngine:
     ) -> list[GenerationResult]:
         """The generation loop before KV reuse (``legacy=True``), unchanged."""
         n = len(prompts)
+        started = time.perf_counter()
         logits, P = self._prefill_hf(prompts, self._rows[:n])
+        decoding = time.perf_counter()
+        self.stats["prompt_tokens"] += sum(map(len, prompts))
+        self.stats["prefilled_tokens"] += n * P  # padded: HF prefills every row to the longest
         max_new = min(max_new_tokens, self.max_seq_len + 1 - P)  # the last token is never written
         b, kvl = self._buckets(n, P + max_new - 1)
         self.start[n:b], self.cur[n:b] = 0, 0  # padding rows: harmless, in-bounds work
@@ -966,7 +979,15 @@ class RolloutEngine:
                 break
             self.tokens[:n] = token
             logits = self._decode(b, kvl)[:n]
-        return _collect(tokens[:, :steps].tolist(), logprobs[:, :steps].tolist(), set(eos.tolist()))
+        generated = tokens[:, :steps].tolist()
+        self._count_time(started, decoding, steps)
+        return _collect(generated, logprobs[:, :steps].tolist(), set(eos.tolist()))
+
+    def _count_time(self, started: float, decoding: float, steps: int) -> None:
+        """Add a call's prefill and decode seconds (from ``started`` / ``decoding`` to now) to ``stats``."""
+        self.stats["prefill_s"] += decoding - started
+        self.stats["decode_s"] += time.perf_counter() - decoding
+        self.stats["decode_steps"] += max(steps - 1, 0)
 
 
 class ContinuousBatcher:
