@@ -40,7 +40,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -77,28 +77,28 @@ class Args:
     env: str = "cmat/DB-v0"
     """the domain env id wrapped in the single-agent CMAT loop"""
     model: str = "smollm2-135m-instruct"
-    """base model: smollm2-135m-instruct, tiny-random (tests) or a local HF folder"""
+    """base model: smollm2-135m-instruct, tiny-random (a tiny random-weight model, for tests) or a local HF folder"""
     output_dir: str = "runs/checker"
     """where adapter/, checker_config.json, examples.jsonl and metrics.json go"""
     seed: int = 1
     """seed of the task draw, the action mix and the training shuffle"""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    """cpu or cuda"""
+    """cpu or cuda (the default is cuda when a GPU is visible)"""
     progress: bool = True
     """show tqdm progress bars"""
 
     # ---- data collection
     episodes: int = 120
     """train-split CMAT episodes to collect labelled actions from"""
-    difficulty: int | None = None
+    difficulty: Literal[1, 2, 3] | None = None
     """task difficulty 1-3; default: drawn per episode"""
-    collect_checker: str = "rule"
+    collect_checker: Literal["rule", "none"] = "rule"
     """the loop's checker while collecting: rule (bad actions are rejected and judged by a dry run) or none
     (every action executes)"""
     flawed_prob: float = 0.35
     """per turn: probability of a deliberately flawed version of the oracle's next action"""
     random_prob: float = 0.2
-    """per turn: probability of a RandomPolicy action"""
+    """per turn: probability of a random action (RandomPolicy)"""
     max_turns: int = 6
     """assistant turns per episode"""
 

@@ -65,7 +65,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -106,7 +106,7 @@ class Args:
     env: str = "cmat/DB-v0"
     """the domain env id wrapped in the single-agent CMAT loop (only the Assistant acts)"""
     model: str = "smollm2-135m-instruct"
-    """base model: smollm2-135m-instruct, tiny-random (tests) or a local HF folder"""
+    """base model: smollm2-135m-instruct, tiny-random (a tiny random-weight model, for tests) or a local HF folder"""
     output_dir: str = "runs/grpo"
     """where adapter/, metrics.jsonl, eval.jsonl and tb/ go (TRL's own files under trainer/)"""
     iterations: int = 10
@@ -115,18 +115,18 @@ class Args:
     seed: int = 1
     """seed of the training task order and the sampling (the same task stream as ppo_train --seed)"""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    """cpu or cuda"""
+    """cpu or cuda (the default is cuda when a GPU is visible)"""
     dtype: str | None = None
     """base weights dtype (fp32, bf16); default fp32 on CPU, bf16 on CUDA (training under bf16 autocast)"""
     progress: bool = True
     """show progress bars"""
 
     # ---- environment and rollouts
-    checker: str = "rule"
+    checker: Literal["rule", "none"] = "rule"
     """checker policy of the loop: rule (the domain's rule checker) or none"""
     checker_weight: float = 0.0
     """per-turn shaping reward = checker_weight * checker score (keep it below the task score's 1)"""
-    difficulty: int | None = None
+    difficulty: Literal[1, 2, 3] | None = None
     """task difficulty 1-3; default: drawn per episode"""
     episodes_per_iteration: int = 16
     """episodes per GRPO step (TRL's generation batch): episodes_per_iteration / num_generations tasks"""
@@ -141,9 +141,9 @@ class Args:
     temperature: float = 1.0
     """sampling temperature, identical in rollout and training forward (top_k=0, top_p=1 always)"""
     rollout_batch: int = 64
-    """episodes stepped together (environments in the list, rows in the engine's KV cache)"""
-    rollout_backend: str = "engine"
-    """engine: the policy's RolloutEngine (PPO's sampler); trl: GRPOTrainer's own generation backend"""
+    """episodes played at once (one batched generation: more is faster and takes more memory)"""
+    rollout_backend: Literal["engine", "trl"] = "engine"
+    """engine: cmat-gym's batched sampler (the one ppo_train uses); trl: GRPOTrainer's own generation"""
     system_prompt: str | None = None
     """the Assistant's system prompt; default: the role and the domain's action grammar"""
 
@@ -172,7 +172,7 @@ class Args:
     """episodes per forward/backward (TRL's per_device_train_batch_size); must divide the episodes"""
     loss_type: str = "dapo"
     """TRL loss aggregation: dapo, grpo, dr_grpo, bnpo, ..."""
-    scale_rewards: str = "group"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
     """reward scaling of the advantages: group, batch or none"""
     max_grad_norm: float = 1.0
     """gradient clipping norm"""

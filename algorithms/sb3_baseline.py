@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -186,7 +186,7 @@ class Args:
     """seed of the training tasks, the policy initialisation and the sampling"""
     output_dir: str = "runs/sb3-db"
     """where model.zip and results.json go"""
-    difficulty: int | None = None
+    difficulty: Literal[1, 2, 3] | None = None
     """task difficulty 1-3; default: drawn per episode"""
     n_envs: int = 8
     """parallel training envs (a DummyVecEnv: one process)"""

@@ -49,7 +49,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -76,13 +76,13 @@ class Args:
     env: str = "cmat/DB-v0"
     """the domain env id wrapped in the single-agent CMAT loop (only the Assistant acts)"""
     model: str = "smollm2-135m-instruct"
-    """base model: smollm2-135m-instruct, tiny-random (tests) or a local HF folder"""
+    """base model: smollm2-135m-instruct, tiny-random (a tiny random-weight model, for tests) or a local HF folder"""
     output_dir: str = "runs/sft"
     """where dataset/, adapter/ and sft_metrics.json go"""
     seed: int = 1
     """seed of the task draw, the flaws and the training shuffle"""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    """cpu or cuda (bf16 mixed precision on cuda)"""
+    """cpu or cuda (bf16 mixed precision on cuda; the default is cuda when a GPU is visible)"""
     progress: bool = True
     """show tqdm progress bars"""
 
@@ -93,13 +93,13 @@ class Args:
     """with --dataset: keep only the successful episodes"""
     episodes: int = 200
     """oracle episodes to collect (one training example each)"""
-    split: str = "train"
+    split: Literal["train"] = "train"
     """task split to collect from; only train is accepted (the test split is for evaluation)"""
     env_kwargs: str | None = None
     """more keyword arguments of the domain env, as a JSON object (e.g. a task source: '{"source": "real"}')"""
-    difficulty: int | None = None
+    difficulty: Literal[1, 2, 3] | None = None
     """task difficulty 1-3; default: drawn per episode"""
-    checker: str = "rule"
+    checker: Literal["rule", "none"] = "rule"
     """checker policy of the loop: rule (rejects flawed actions with feedback) or none (they run and error)"""
     max_turns: int | None = None
     """assistant turns per episode before the loop truncates it; default: the domain env's round limit"""

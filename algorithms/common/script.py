@@ -1,29 +1,32 @@
 """Pieces every training script shares: its command line, built from an ``Args`` dataclass, and seeds.
 
 A script declares one dataclass whose fields carry a docstring each; :func:`parse_dataclass_args`
-turns it into an ``argparse`` parser (``output_dir`` -> ``--output-dir``, booleans as ``--x`` /
-``--no-x``, the field docstrings as ``--help``), as cleanrl's scripts do with tyro. :func:`derive_seed` gives
-independent seed streams, and :data:`EVAL_SEED` is the base seed of every script's evaluation tasks.
+parses the command line into it with `tyro <https://brentyi.github.io/tyro/>`_, as cleanrl's scripts
+do (``output_dir`` -> ``--output-dir``, booleans as ``--x`` / ``--no-x``, ``Literal[...]`` fields as
+choices, ``X | None`` fields also take ``None``, the field docstrings and every default in ``--help``).
+:func:`derive_seed` gives independent seed streams, and :data:`EVAL_SEED` is the base seed of every
+script's evaluation tasks.
 
 Bad flags are reported as ``cmat-gym`` reports them: one line on stderr and exit status 2, no traceback.
-A script checks its ``Args`` with the validators here (:func:`check_env_id`, :func:`check_model`,
-:func:`check_choice`, :func:`check_at_least`), which raise :class:`ScriptError`, and its
-``if __name__ == "__main__":`` path is ``run_main(main, prog=..., check=...)``.
+Parsing (an unknown flag, a value of the wrong type, a value not among a field's choices) and the
+checks a script makes on its ``Args`` with the validators here (:func:`check_env_id`,
+:func:`check_model`, :func:`check_choice`, :func:`check_at_least`) both raise :class:`ScriptError`,
+and a script's ``if __name__ == "__main__":`` path is ``run_main(main, prog=..., check=...)``.
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
+import contextlib
 import dataclasses
 import inspect
+import io
 import sys
 import textwrap
-import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import numpy as np
 
@@ -31,6 +34,34 @@ T = TypeVar("T")
 
 # Evaluation tasks do not depend on --seed: every run of every trainer is scored on the same tasks.
 EVAL_SEED = 0x5EED_E7A1
+
+
+def parse_dataclass_args(
+    cls: type[T], argv: Sequence[str] | None, *, prog: str, description: str,
+    aliases: Mapping[str, Sequence[str]] | None = None,
+) -> T:
+    """An instance of the dataclass ``cls`` from the command line (``sys.argv[1:]`` when ``argv`` is None);
+    ``aliases`` maps a field to extra flags. ``--help`` prints the help and exits 0; a bad flag raises
+    :class:`ScriptError` with tyro's message as one line."""
+    import tyro
+
+    spec = _cli_spec(cls, aliases or {})
+    # tyro draws its messages in boxes, with colours and Unicode rules when stdout is a terminal. Both
+    # streams go to buffers while it parses, so they come out plain ASCII: an error is then read back
+    # as one line, and the help prints the same everywhere (terminal, pipe, test capture).
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            parsed = tyro.cli(spec, args=None if argv is None else list(argv), prog=prog,
+                              description=description.replace("``", ""))
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise ScriptError(_one_line(err.getvalue() or out.getvalue()) or f"bad flags: {exc}") from None
+        sys.stdout.write(out.getvalue())  # --help
+        raise
+    sys.stdout.write(out.getvalue())
+    sys.stderr.write(err.getvalue())  # warnings, if tyro had any
+    return cls(**{f.name: getattr(parsed, f.name) for f in dataclasses.fields(spec)})
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -51,27 +82,38 @@ def field_docs(cls: type) -> dict[str, str]:
     }
 
 
-def parse_dataclass_args(
-    cls: type[T], argv: Sequence[str] | None, *, prog: str, description: str,
-    aliases: Mapping[str, Sequence[str]] | None = None,
-) -> T:
-    """An instance of the dataclass ``cls`` from the command line; ``aliases`` maps a field to extra flags."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+def _cli_spec(cls: type, aliases: Mapping[str, Sequence[str]]) -> type[Any]:
+    """A dataclass subclass of ``cls`` for tyro: each field keeps its type, position and default, and is
+    annotated with its help (the field's docstring, whitespace collapsed) and its extra flags.
+
+    The help is handed over rather than left to tyro's own docstring reader, which keeps the line breaks
+    of a wrapped docstring (its indented continuation lines start new lines in ``--help``).
+    """
+    import tyro
+
+    hints, docs = typing.get_type_hints(cls, include_extras=True), field_docs(cls)
+    namespace: dict[str, Any] = {"__module__": cls.__module__, "__doc__": cls.__doc__, "__annotations__": {}}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        flags = ["--" + f.name.replace("_", "-"), *(aliases or {}).get(f.name, ())]
-        hint = hints[f.name]
-        optional = isinstance(hint, types.UnionType) and type(None) in hint.__args__
-        base: Any = next(a for a in hint.__args__ if a is not type(None)) if optional else hint
-        # Every flag's help ends with its default, so `--help` alone says what a bare command runs.
-        help_text = f"{docs.get(f.name) or ''} (default: {f.default})".strip()
-        if base is bool:
-            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=f.default,
-                                help=help_text.replace("%", "%%"))
-        else:
-            parser.add_argument(*flags, type=base, default=f.default, help=help_text.replace("%", "%%"),
-                                metavar=f.name.upper())
-    return cls(**vars(parser.parse_args(argv)))
+        config = tyro.conf.arg(help=" ".join(docs.get(f.name, "").split()) or None,
+                               aliases=tuple(aliases.get(f.name, ())) or None)
+        namespace["__annotations__"][f.name] = Annotated[hints[f.name], config]
+        namespace[f.name] = (f.default if f.default_factory is dataclasses.MISSING
+                             else dataclasses.field(default_factory=f.default_factory))
+    return dataclasses.dataclass(type(cls.__name__, (cls,), namespace))
+
+
+def _one_line(text: str) -> str:
+    """The message of one of tyro's error boxes (plain ASCII: the title, rules of ``-``, the message, then
+    help), whitespace collapsed to one line; the whole text so collapsed if it has no such layout."""
+    sections: list[list[str]] = [[]]
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and set(stripped) == {"-"}:
+            sections.append([])
+        elif stripped:
+            sections[-1].append(stripped)
+    parts = [" ".join(s) for s in sections if s]
+    return " ".join((parts[1] if len(parts) > 1 else " ".join(parts)).split())
 
 
 def derive_seed(*parts: int) -> int:

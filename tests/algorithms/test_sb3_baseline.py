@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from algorithms.common.script import ScriptError
 from algorithms.sb3_baseline import BudgetEndsEpisode, coverage, evaluate, parse_args, random_chooser
 from cmat_gym.domains.db.discrete import SLOTS, DiscreteDBWrapper
 from cmat_gym.domains.db.tasks import generate_task
@@ -45,7 +46,7 @@ def test_budget_ends_episode_reports_truncation_as_termination() -> None:
 def test_args_and_help() -> None:
     args = parse_args(["--total-timesteps", "10", "--difficulty", "2", "--no-coverage"])
     assert args.total_timesteps == 10 and args.difficulty == 2 and args.coverage is False
-    with pytest.raises(SystemExit):
+    with pytest.raises(ScriptError, match="--no-such-flag"):  # one line and exit 2 from the command line
         parse_args(["--no-such-flag"])
 
 
