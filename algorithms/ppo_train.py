@@ -104,7 +104,7 @@ class Args:
     env: str = "cmat/DB-v0"
     """the domain env id wrapped in the single-agent CMAT loop (only the Assistant acts)"""
     model: str = "smollm2-135m-instruct"
-    """base model: smollm2-135m-instruct, tiny-random (tests) or a local HF folder"""
+    """base model: smollm2-135m-instruct, tiny-random (a tiny random-weight model, for tests) or a local HF folder"""
     output_dir: str = "runs/ppo"
     """where the adapter, metrics.jsonl, tb/, learning_curve.png and checkpoint/ go"""
     iterations: int = 10
@@ -112,7 +112,7 @@ class Args:
     seed: int = 1
     """seed of the training task order, the sampling and the minibatch order"""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    """cpu or cuda"""
+    """cpu or cuda (the default is cuda when a GPU is visible)"""
     dtype: str | None = None
     """base weights dtype (fp32, bf16); default fp32 on CPU, bf16 on CUDA (forwards under bf16 autocast)"""
     resume: bool = False
@@ -149,7 +149,7 @@ class Args:
     temperature: float = 1.0
     """sampling temperature, identical in rollout and training forward (top_k=0, top_p=1 always)"""
     rollout_batch: int = 64
-    """episodes stepped together (environments in the list, rows in the engine's KV cache)"""
+    """episodes played at once (one batched generation: more is faster and takes more memory)"""
     system_prompt: str | None = None
     """the Assistant's system prompt; default: the role and the domain's action grammar"""
 
@@ -177,7 +177,7 @@ class Args:
     ppo_epochs: int = 2
     """passes over each iteration's batch"""
     minibatch_size: int = 4
-    """episodes per optimizer step (default: 16 episodes x 2 epochs / 4 = 8 optimizer steps per iteration)"""
+    """episodes per optimizer step (the defaults make 16 episodes x 2 epochs / 4 = 8 steps per iteration)"""
     micro_batch_size: int = 4
     """episodes per forward/backward (gradient accumulation up to minibatch_size)"""
     clip_coef: float = 0.2
@@ -192,7 +192,7 @@ class Args:
     gamma: float = 1.0
     """discount per action token"""
     gae_lambda: float = 0.95
-    """the critic's GAE lambda, for its value targets (does not decay across observation spans)"""
+    """the critic's GAE lambda, for its value targets (observation tokens between turns do not decay it)"""
     policy_lambda: float = 1.0
     """the policy's GAE lambda, for its advantages: 1 gives early turns full credit for the final reward
     (per-token 0.95 scales it by ~0.05 sixty tokens back)"""
@@ -204,8 +204,8 @@ class Args:
     """normalise advantages over the batch's action tokens (a batch whose episodes all earned the same
     return gets no policy update at all: whitening would scale its noise up to a full step)"""
     tis_cap: float | None = 2.0
-    """truncated importance sampling: weight each token's surrogate by min(pi_trainer / pi_sampler, cap),
-    correcting the engine (merged bf16) vs trainer (unmerged LoRA) mismatch; None: off"""
+    """truncated importance sampling: weight each token's loss by min(pi_trainer / pi_sampler, cap), correcting
+    the small mismatch between the rollout sampler (adapter merged, bf16) and the trainer; None: off"""
     gradient_checkpointing: bool = True
     """recompute each layer's activations in the backward pass instead of storing them (exact gradients;
     ~1.3x update compute): the saved activations, not the logits, dominate training memory (SmolLM2, 4
@@ -938,8 +938,9 @@ def train(args: Args) -> TrainResult:
             for minibatch in torch.randperm(B, generator=shuffle).split(args.minibatch_size):
                 optimizer.zero_grad(set_to_none=True)
                 n_tokens = row_tokens[minibatch].sum().clamp(min=1)  # the global minibatch's action tokens
+                # this process's rows of it (maybe none: it then adds zeros to the all-reduce)
                 owned = [local_row[train_ids[j]] for j in minibatch.tolist() if train_ids[j] in local_row]
-                for rows in torch.tensor(owned, dtype=torch.long).split(args.micro_batch_size):
+                for rows in torch.tensor(owned, dtype=torch.long).split(args.micro_batch_size) if owned else ():
                     mb, _ = trim(tensors, rows)
                     mb = {k: v.to(device) for k, v in mb.items()}
                     with autocast(device):
