@@ -131,6 +131,8 @@ class Args:
     """examples per forward/backward"""
     grad_accum: int = 1
     """micro-batches per optimizer step"""
+    gradient_checkpointing: bool = True
+    """recompute activations in the backward pass (as ppo_train): much less memory, about a third more compute"""
     logging_steps: int = 1
     """log the training loss every K optimizer steps (the curve in sft_metrics.json)"""
 
@@ -468,7 +470,9 @@ def build_trainer(args: Args, dataset: Any, *, model: Any = None, tokenizer: Any
         gradient_accumulation_steps=args.grad_accum,
         max_length=args.max_seq_len,
         assistant_only_loss=True,
-        activation_checkpointing=False,  # small models: memory is not the limit, speed is
+        # The 49k-word logits and every layer's activations of a 1,024-token CPU batch took 15 GB without it.
+        activation_checkpointing=args.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if args.gradient_checkpointing else None,
         logging_steps=args.logging_steps,
         save_strategy="no",  # the adapter is saved once, at the end, to DIR/adapter
         report_to="none",

@@ -233,6 +233,28 @@ _MODEL_FOLDER_FACTORY = "cmat_gym.agents.chat_agent:make_chat_agent"
 TRAIN_EXTRA_MODULES = frozenset({"torch", "transformers", "peft", "accelerate", "safetensors", "gguf"})
 
 
+# The adapters that ship inside the package (cmat_gym/data/adapters/<folder>, each with its README.md and
+# training.json: the command that trained it, the commit, the data and its measured figures), by the name
+# ``make_policy(..., adapter=NAME)`` and ``--adapter NAME`` accept in place of a folder.
+BUNDLED_ADAPTERS: dict[str, str] = {"bundled": "db-sft"}
+BUNDLED_ADAPTER_DIR = Path(__file__).resolve().parents[1] / "data" / "adapters"
+
+
+def resolve_adapter(adapter: str | Path | None) -> str | Path | None:
+    """The folder of ``adapter``: a bundled adapter's name (``"bundled"``, see :data:`BUNDLED_ADAPTERS`)
+    becomes its folder inside the package; a path (or None) is returned unchanged.
+
+    Raises:
+        FileNotFoundError: for a bundled name whose folder is missing from this install.
+    """
+    if not isinstance(adapter, str) or adapter not in BUNDLED_ADAPTERS:
+        return adapter
+    folder = BUNDLED_ADAPTER_DIR / BUNDLED_ADAPTERS[adapter]
+    if not (folder / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"the bundled adapter {adapter!r} is missing from this install (expected {folder})")
+    return folder
+
+
 def is_model_policy(name: str) -> bool:
     """Whether ``name`` makes a language-model policy: a registered one, or a local model folder."""
     return name in MODEL_POLICIES or (name not in POLICIES and Path(name).expanduser().is_dir())
@@ -242,7 +264,8 @@ def make_policy(name: str, **kwargs: Any) -> Policy:
     """Build the policy registered as ``name`` in :data:`POLICIES`, passing ``kwargs`` to its factory.
 
     A ``name`` that is a local folder holding a HF causal LM builds a
-    :class:`~cmat_gym.agents.chat_agent.ChatAgent` over it. Every policy takes ``domain=`` (the env's
+    :class:`~cmat_gym.agents.chat_agent.ChatAgent` over it. ``adapter="bundled"`` loads the tuned
+    SmolLM2 adapter that ships with the package (:func:`resolve_adapter`). Every policy takes ``domain=`` (the env's
     domain, ``env.unwrapped.domain``): the random agent and the language models speak its grammar.
 
     Raises:
@@ -254,6 +277,8 @@ def make_policy(name: str, **kwargs: Any) -> Policy:
         target, kwargs = _MODEL_FOLDER_FACTORY, {"model": name, **kwargs}
     if target is None:
         raise ValueError(f"Expects a policy in {sorted(POLICIES)} or a model folder, actual {name!r}")
+    if "adapter" in kwargs:
+        kwargs = {**kwargs, "adapter": resolve_adapter(kwargs["adapter"])}
     module_name, _, attribute = target.partition(":")
     try:
         factory: Callable[..., Policy] = getattr(importlib.import_module(module_name), attribute)
