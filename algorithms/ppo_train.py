@@ -658,6 +658,8 @@ def train(args: Args) -> TrainResult:
     if procs.world > args.episodes_per_iteration:
         raise SystemExit(f"--episodes-per-iteration must be at least the number of processes ({procs.world})")
     show = args.progress and procs.main  # progress bars and logs on the main process only
+    if procs.world > 1 and procs.main:
+        print(f"PPO across {procs.world} processes: each plays waves of every batch; this one writes the files")
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)

@@ -154,17 +154,20 @@ def test_main_process_alone_writes_files(runs: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 def test_accelerate_launch_cli(tmp_path: Path) -> None:
-    """The command of docs/scaling.md, end to end: ``accelerate launch --num_processes 2 --cpu``."""
+    """The command of docs/scaling.md, end to end. ``--multi_gpu`` is accelerate's torchrun launcher: on a
+    machine without GPUs the script's ``--device cpu`` joins a gloo group (``--cpu`` alone starts ONE
+    process unless MPI's mpirun is set up)."""
     out = tmp_path / "launch"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(free_port()),
         "-m", "algorithms.ppo_train", *ARGS, "--iterations", "2", "--output-dir", str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "PPO across 2 processes" in proc.stdout, proc.stdout[-2000:]
     rows = metrics(out)
     assert [r["iteration"] for r in rows] == [1, 2] and rows[-1]["episodes"] == 8
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
