@@ -108,6 +108,24 @@ def test_adapter_loads_in_lm_policy_and_changes_outputs(smoke_run: tuple[Path, A
     assert float(diff) > 1e-4
 
 
+def test_gradient_checkpointing_is_on_and_changes_nothing_but_memory(
+    smoke_run: tuple[Path, Any], tmp_path: Path
+) -> None:
+    # Default on (a 1,024-token CPU batch without it was OOM-killed at 14.7 GB); recomputing the activations
+    # must give the same losses and the same trained adapter as keeping them.
+    from safetensors.torch import load_file
+
+    out, result = smoke_run
+    assert result.metrics["args"]["gradient_checkpointing"] is True
+    plain = main([*SMOKE, "--no-gradient-checkpointing", "--output-dir", str(tmp_path)])
+    assert plain.metrics["args"]["gradient_checkpointing"] is False
+    losses = [row["loss"] for row in result.metrics["loss_curve"]]
+    assert losses == pytest.approx([row["loss"] for row in plain.metrics["loss_curve"]], rel=1e-4)
+    ours, theirs = (load_file(str(d / "adapter" / "adapter_model.safetensors")) for d in (out, tmp_path))
+    assert ours.keys() == theirs.keys()
+    assert all(torch.allclose(ours[k], theirs[k], atol=1e-5) for k in ours)
+
+
 def test_recovery_turns_and_reflection_blocks() -> None:
     from cmat_gym.domains.db.env import DBEnv
 
