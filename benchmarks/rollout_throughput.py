@@ -233,7 +233,7 @@ def measure(model_name: str, batch: int, args: argparse.Namespace, device: torch
     n_tokens = batch * args.new_tokens
     pad = tokenizer.pad_token_id
     default_threads = torch.get_num_threads()
-    engine_threads = args.threads or default_cpu_threads()
+    engine_threads = args.threads or default_cpu_threads(batch)
 
     impls = [Impl("hf generate", None, lambda new: hf_generate(model, prompts, new, pad))]
     if device.type == "cpu" and engine_threads != default_threads:
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "torch_threads": torch.get_num_threads(),
-        "engine_threads": args.threads or default_cpu_threads(),
+        "engine_threads": args.threads or {b: default_cpu_threads(b) for b in batches},  # at the start
         "dtype": args.dtype or ("bf16" if device.type == "cuda" else "fp32"),
         "batches": batches,
         "prompt_len": args.prompt_len,

@@ -26,7 +26,9 @@ the overhead:
   every OpenMP region of a decode step waits for its slowest thread, and on a machine whose cores
   other processes keep busy that wait is a scheduler time slice per op. Profiled on two busy cores
   (tiny-random, batch 1): 64 ms per token at 2 threads, of which ``logsumexp`` over the 49k-token
-  vocabulary took 39 ms and attention 22 ms; 4 ms at 1 thread (see ``docs/results.md``).
+  vocabulary took 39 ms and attention 22 ms; 4 ms at 1 thread (see ``docs/results.md``). A batch
+  of 4 or more rows, whose step is bound by arithmetic, also takes the cores the load average shows
+  idle.
 
 Measured (``benchmarks/rollout_throughput.py``, SmolLM2-135M bf16, batch 256, 64 prompt + 128
 new tokens, one H200): HF ``generate`` 9.1-12.4 s, graphs 0.55 s (17-22x), graphs + compile
@@ -86,16 +88,25 @@ logger = logging.getLogger(__name__)
 _STARTUP_THREADS = torch.get_num_threads()
 
 
-def default_cpu_threads() -> int:
-    """Threads for CPU generation: ``$CMAT_GYM_THREADS``; else torch's count when the user chose it
-    (``torch.set_num_threads`` to another value than at start-up, or ``$OMP_NUM_THREADS`` /
-    ``$MKL_NUM_THREADS``); else half the usable cores (at least 1).
+# Rows decoded at once from which a decode step's matmuls are bound by arithmetic rather than by reading the
+# weights, so that more threads pay off (a batch-1 step reads every weight for one row: one core's share of
+# the memory bandwidth is most of the machine's).
+ALL_CORES_FROM_ROWS = 4
+
+
+def default_cpu_threads(rows: int = 1) -> int:
+    """Threads for CPU generation of ``rows`` sequences at once: ``$CMAT_GYM_THREADS``; else torch's count
+    when the user chose it (``torch.set_num_threads`` to another value than at start-up, or
+    ``$OMP_NUM_THREADS`` / ``$MKL_NUM_THREADS``); else half the usable cores (at least 1), or, for
+    ``rows >= ALL_CORES_FROM_ROWS`` on a machine that other processes leave idle (1-minute load average
+    minus this process's own running thread), every core nobody else uses.
 
     Decoding a small model runs hundreds of short ops per token. Each op split over threads waits
     for the slowest: with one thread per core and other processes (env workers, a second evaluation,
     test workers) on the cores, that wait is a scheduler time slice, and decoding slows down 10-20x.
-    Half the cores leaves room for them; a lone process on an idle machine loses at most the
-    difference between one core's and two cores' memory bandwidth.
+    Half the cores leaves room for them; a lone process decoding one row loses at most the
+    difference between one core's and two cores' memory bandwidth. A batch of rows is arithmetic-bound
+    (2 cores: ~2x faster when idle), hence all the free cores when the load average says they are free.
     """
     env = os.environ.get("CMAT_GYM_THREADS")
     if env:
@@ -104,7 +115,12 @@ def default_cpu_threads() -> int:
     if current != _STARTUP_THREADS or "OMP_NUM_THREADS" in os.environ or "MKL_NUM_THREADS" in os.environ:
         return current
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(current, cores // 2))
+    half = max(1, min(current, cores // 2))
+    if rows < ALL_CORES_FROM_ROWS or not hasattr(os, "getloadavg"):
+        return half
+    others = max(0.0, os.getloadavg()[0] - 1.0)  # this process counts ~1 while it decodes
+    free = cores - math.ceil(others - 0.25)  # a neighbour that ran a quarter of the last minute takes a core
+    return max(half, min(current, cores, free))
 
 
 @dataclass
@@ -776,12 +792,12 @@ class RolloutEngine:
         return dict(self._sessions)
 
     @contextlib.contextmanager
-    def _threads(self) -> Iterator[None]:
-        """Run with the engine's CPU thread count (CPU only; restored afterwards)."""
+    def _threads(self, rows: int = 1) -> Iterator[None]:
+        """Run with the engine's CPU thread count for ``rows`` sequences (CPU only; restored afterwards)."""
         if self.device.type != "cpu" or self.legacy:
             yield
             return
-        wanted, before = self.threads or default_cpu_threads(), torch.get_num_threads()
+        wanted, before = self.threads or default_cpu_threads(rows), torch.get_num_threads()
         if wanted == before:
             yield
             return
@@ -893,7 +909,7 @@ class RolloutEngine:
         eos = torch.tensor(self._eos(eos_token_ids), dtype=torch.long, device=self.device)
         generator = self._generator(seed)
         results: list[GenerationResult] = []
-        with self._threads():
+        with self._threads(min(len(prompt_ids), self.max_batch)):
             for i in range(0, len(prompt_ids), self.max_batch):
                 chunk = prompt_ids[i : i + self.max_batch]
                 sampling = (max_new_tokens, temperature, top_p, top_k, eos, generator)
@@ -1051,7 +1067,7 @@ class ContinuousBatcher:
         B, S = engine.max_batch, engine.max_seq_len
         free = list(range(B))
         slots: dict[int, _Slot] = {}  # cache row -> sequence in it
-        with engine._threads():
+        with engine._threads(B):
             while queue or slots:
                 if queue and free:
                     free.sort()  # lowest rows first keeps the active rows, and the batch bucket, small

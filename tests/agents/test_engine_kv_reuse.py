@@ -262,6 +262,21 @@ def test_legacy_path_and_threads(tiny: tuple[Any, Any], monkeypatch: pytest.Monk
     assert 1 <= default_cpu_threads() <= torch.get_num_threads()
 
 
+def test_default_threads_take_idle_cores_for_a_batch_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 4 usable cores, torch at 4 threads (as at start-up): one row gets half the cores whatever the load; a
+    # batch gets the cores other processes leave free (load average minus this process), never below half.
+    import cmat_gym.agents.engine as engine_module
+
+    for name in ("CMAT_GYM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(engine_module, "_STARTUP_THREADS", 4)
+    monkeypatch.setattr(engine_module.torch, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(engine_module.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    for load, one_row, batch in ((0.2, 2, 4), (1.1, 2, 4), (2.0, 2, 3), (2.6, 2, 2), (9.0, 2, 2)):
+        monkeypatch.setattr(engine_module.os, "getloadavg", lambda load=load: (load, load, load))
+        assert (default_cpu_threads(1), default_cpu_threads(16)) == (one_row, batch), load
+
+
 def test_chat_agent_cuts_the_history_with_headroom_so_sessions_keep_reusing(tiny: tuple[Any, Any]) -> None:
     """A long conversation in a small window: when the history overflows, ChatAgent cuts old exchanges down to
     a low-water mark and keeps that cut while the prompt fits, so the engine re-encodes the session only at
