@@ -2,7 +2,8 @@
 
     python benchmarks/transfer.py --output-dir runs/transfer [--arms procedural real mixed] \\
         [--sft-episodes 32] [--sft-epochs 1] [--test-episodes 30] [--dbbench-tasks 60] [--max-rounds 5] \\
-        [--max-new-tokens 128] [--batch-size 8] [--threads 2] [--zero-shot] [--stages sft eval report]
+        [--max-new-tokens 128] [--batch-size 8] [--threads 2] [--zero-shot] [--stages sft eval report] \\
+        [--bundle mixed]
 
 Three arms train SmolLM2-135M-Instruct (LoRA) with ``algorithms.sft_train`` on the same budget and
 seed, and differ only in where the oracle trajectories come from (``--env-kwargs``):
@@ -19,6 +20,11 @@ dbbench's headline (``overall_cat_accuracy``), and for every pair of agents an e
 the paired episodes (two-sided binomial test on the discordant pairs). Stages whose output exists
 are skipped (``sft-<arm>/adapter``, ``eval-<arm>.json``), so a run can be resumed; every number in
 ``report.md`` comes from the files in ``--output-dir``. It reports and exits 0 whatever the outcome.
+
+Adapters are LoRA r=``--lora-r`` stored in fp16 (what is evaluated is what ships: about 5 MB at r=8).
+``--bundle ARM`` copies that arm's adapter into the package (``cmat_gym/data/adapters/db-sft``, loaded by
+``make_policy("smollm2", adapter="bundled")``) with ``training.json``: its exact SFT command, the
+command of this run, the git commit, the data and its measured figures.
 """
 
 from __future__ import annotations
@@ -64,6 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="examples per forward/backward (1: the 49k-word logits of longer batches took 15 GB)")
     p.add_argument("--sft-grad-accum", type=int, default=4, help="micro-batches per optimizer step")
     p.add_argument("--max-seq-len", type=int, default=1024)
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (all linear layers); alpha = 2 r")
+    p.add_argument("--bundle", choices=ARMS, default=None,
+                   help="copy this arm's adapter and its record into the package (--bundle-dir)")
+    p.add_argument("--bundle-dir", default=str(REPO / "cmat_gym" / "data" / "adapters" / "db-sft"))
     p.add_argument("--eval-seed", type=int, default=0, help="real test episode i resets with eval_seed + i")
     p.add_argument("--test-episodes", type=int, default=30)
     p.add_argument("--dbbench-tasks", type=int, default=DBBENCH_DEV,
@@ -82,8 +92,18 @@ def sft_command(args: argparse.Namespace, arm: str, out: Path) -> list[str]:
     return [sys.executable, "-m", "algorithms.sft_train", "--env", ENV, "--env-kwargs", json.dumps({"source": arm}),
             "--model", args.model, "--episodes", str(args.sft_episodes), "--epochs", str(args.sft_epochs),
             "--batch-size", str(args.sft_batch_size), "--grad-accum", str(args.sft_grad_accum), "--lr", str(args.sft_lr), "--max-seq-len",
-            str(args.max_seq_len), "--seed", str(args.seed), "--device", args.device, "--no-progress",
-            "--output-dir", str(out / f"sft-{arm}")]
+            str(args.max_seq_len), "--lora-r", str(args.lora_r), "--lora-alpha", str(2 * args.lora_r),
+            "--seed", str(args.seed), "--device", args.device, "--no-progress", "--output-dir", str(out / f"sft-{arm}")]
+
+
+def to_fp16(adapter: Path) -> None:
+    """Store the adapter's weights in fp16 (half the size; peft casts them to the model's dtype on load), so
+    that the adapter evaluated here is byte for byte the one that ships."""
+    from safetensors.torch import load_file, save_file
+
+    path = adapter / "adapter_model.safetensors"
+    weights = load_file(str(path))
+    save_file({k: v.half().contiguous() for k, v in weights.items()}, str(path), metadata={"format": "pt"})
 
 
 def run_sft(args: argparse.Namespace, arm: str, out: Path) -> None:
@@ -95,6 +115,8 @@ def run_sft(args: argparse.Namespace, arm: str, out: Path) -> None:
     started = time.perf_counter()
     with open(out / f"sft-{arm}.log", "w") as log:
         subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
+    to_fp16(out / f"sft-{arm}" / "adapter")
+    (out / f"sft-{arm}" / "command.txt").write_text(shlex.join(["python", *cmd[1:]]) + "\n")
     print(f"sft-{arm}: {time.perf_counter() - started:.0f} s", flush=True)
 
 
@@ -110,7 +132,7 @@ def evaluate(args: argparse.Namespace, agent: str, out: Path) -> None:
     if adapter is not None and not Path(adapter, "adapter_config.json").is_file():
         print(f"eval-{agent}: no adapter at {adapter} (run the sft stage), skipped", flush=True)
         return
-    policy = make_policy("smollm2", adapter=adapter, max_new_tokens=args.max_new_tokens, max_batch=args.batch_size,
+    policy = make_policy(args.model, adapter=adapter, max_new_tokens=args.max_new_tokens, max_batch=args.batch_size,
                          device=args.device, threads=args.threads, domain="db")
     sources = {
         "real test": (env_factory(ENV, split="test", source="real", max_rounds=args.max_rounds),
@@ -218,15 +240,62 @@ def report(args: argparse.Namespace, out: Path, agents: list[str]) -> str:
     return "\n".join(lines)
 
 
+def bundle(args: argparse.Namespace, arm: str, out: Path, command: str) -> None:
+    """Copy ``sft-<arm>/adapter`` into the package with ``training.json`` (how it was made and what it scored)."""
+    import shutil
+
+    from cmat_gym.domains.db.agentbench import dbbench_headline, load_dbbench
+
+    source = out / f"sft-{arm}"
+    bundle_dir = Path(args.bundle_dir)
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copyfile(source / "adapter" / name, bundle_dir / name)
+    metrics = json.loads((source / "sft_metrics.json").read_text())
+    evaluation: dict[str, Any] = {}
+    dbbench = {t.task_id: t for t in load_dbbench(args.dbbench_file)}
+    for agent in ("zero-shot", arm):
+        path = out / f"eval-{agent}.json"
+        if not path.is_file():
+            continue
+        evaluation[agent] = {}
+        for name, rec in json.loads(path.read_text())["sources"].items():
+            ok = [bool(r["success"]) for r in rec["results"]]
+            low, high = wilson_interval(sum(ok), len(ok))
+            evaluation[agent][name] = {"solved": sum(ok), "episodes": len(ok), "wilson95": [low, high],
+                                       "wall_s": round(rec["wall_s"], 1)}
+            if name == "dbbench dev":
+                head = dbbench_headline([dbbench[r["task_id"]] for r in rec["results"]], ok)
+                evaluation[agent][name]["overall_cat_accuracy"] = head["headline"]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    record = {
+        "arm": arm,
+        "base_model": args.model,
+        "sft_command": (source / "command.txt").read_text().strip() if (source / "command.txt").is_file() else None,
+        "pipeline_command": command,
+        "git_commit": commit,
+        "data": {"env": ENV, "env_kwargs": {"source": arm}, "split": "train", "episodes": args.sft_episodes,
+                 "seed": args.seed, "examples": metrics["examples"], "tokens": metrics["tokens"],
+                 "trained_tokens": metrics["trained_tokens"]},
+        "training": {k: metrics[k] for k in ("optimizer_steps", "final_loss", "train_loss", "train_s", "loss_curve")},
+        "storage": "LoRA weights in fp16 (evaluated as stored)",
+        "evaluation": {"max_rounds": args.max_rounds, "max_new_tokens": args.max_new_tokens, "greedy": True,
+                       "eval_seed": args.eval_seed, "results": evaluation},
+    }
+    (bundle_dir / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(f"bundled sft-{arm} -> {bundle_dir}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["transfer.py", *argv])
+    command = shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["transfer.py", *argv])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"command: {command}\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f}, "
           f"Python {platform.python_version()}", flush=True)
-    agents = (["zero-shot"] if args.zero_shot else []) + list(args.arms)
+    # The trained arms first: a run cut short still has them (the base model is the slowest to evaluate).
+    agents = list(args.arms) + (["zero-shot"] if args.zero_shot else [])
     if "tasks" in args.stages:
         print(describe_tasks(args), flush=True)
     if "sft" in args.stages:
@@ -239,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         text = report(args, out, agents)
         (out / "report.md").write_text(text + "\n")
         print(text)
+    if args.bundle is not None:
+        bundle(args, args.bundle, out, command)
     return 0
 
 
