@@ -155,15 +155,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learning-rate", type=float, default=3e-4)
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--json", default=None, help="also write the results here")
-    p.add_argument("--output-dir", default=None, help="keep the runs here (default: a temp folder)")
+    p.add_argument("--output-dir", default=None,
+                   help="keep the runs here (default: a temp folder); a seed whose run there is complete is reused")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 keeps a run steady when other jobs share the cores)")
     return p.parse_args(argv)
 
 
 def run_seed(a: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
+    summary_file = out / "learning_check_seed.json"
+    if summary_file.exists():  # a finished run of this seed (e.g. before an interruption): reuse it
+        done = json.loads(summary_file.read_text())
+        if done.get("config") == run_config(a):
+            print(f"seed {seed}: reusing the finished run in {out}", flush=True)
+            return done["result"]
     from algorithms import ppo_train
 
     t0 = time.perf_counter()
-    result = ppo_train.train(
+    ppo_train.train(
         ppo_train.Args(
             env=ensure_registered(),
             model=a.model,
@@ -189,9 +198,17 @@ def run_seed(a: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
             system_prompt="You are a helpful assistant. Follow the task.",
         )
     )
+    summary = summarize_run(out, seed, wall_s=time.perf_counter() - t0)
+    summary_file.write_text(json.dumps({"config": run_config(a), "result": summary}))
+    return summary
+
+
+def summarize_run(out: Path, seed: int, wall_s: float | None) -> dict[str, Any]:
+    """One seed's figures, read from its ``eval.jsonl`` and ``metrics.jsonl``."""
     evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     first, last = evals[0], evals[-1]
-    scores = [m["mean_score"] for m in result.metrics]
+    scores = [m["mean_score"] for m in metrics]
     k = max(1, len(scores) // 5)
     return {
         "seed": seed,
@@ -201,13 +218,24 @@ def run_seed(a: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
         "after_rate": last["eval_success_rate"],
         "train_reward_first": sum(scores[:k]) / k,
         "train_reward_last": sum(scores[-k:]) / k,
-        "approx_kl_mean": sum(m["approx_kl"] for m in result.metrics) / len(result.metrics),
-        "wall_s": time.perf_counter() - t0,
+        "train_reward": scores,
+        "approx_kl_mean": sum(m["approx_kl"] for m in metrics) / len(metrics),
+        "wall_s": wall_s,
     }
+
+
+def run_config(a: argparse.Namespace) -> dict[str, Any]:
+    """The settings a seed's result depends on (a finished run is reused only when they match)."""
+    return {k: getattr(a, k) for k in ("iterations", "episodes_per_iteration", "eval_episodes", "learning_rate",
+                                        "model")}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     a = parse_args(argv)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     runs = []
     with tempfile.TemporaryDirectory(prefix="learning_check-") as tmp:
         root = Path(a.output_dir) if a.output_dir else Path(tmp)
@@ -226,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"{'last':>6} {'mean approx_kl':>15} {'wall s':>7}")
     for r in runs:
         print(f"{r['seed']:>4} {r['before_rate']:>16.3f} {r['after_rate']:>15.3f} {r['train_reward_first']:>19.3f} "
-              f"{r['train_reward_last']:>6.3f} {r['approx_kl_mean']:>15.4f} {r['wall_s']:>7.0f}")
+              f"{r['train_reward_last']:>6.3f} {r['approx_kl_mean']:>15.4f} {r['wall_s'] or float('nan'):>7.0f}")
     print(f"\npooled: {sum(before)}/{len(before)} -> {sum(after)}/{len(after)} held-out successes; "
           f"McNemar exact: {test['gained']} gained, {test['lost']} lost, p = {test['p']:.2g}; "
           f"sign test over seeds: {improved} up, {worse} down, p = {sign_p:.2g}")

@@ -51,3 +51,7 @@ def test_ppo_raises_the_training_reward_on_pick(tmp_path: Path) -> None:
                        "--eval-episodes", "16", "--output-dir", str(tmp_path)])
     run = summary["runs"][0]
     assert run["train_reward_last"] > run["train_reward_first"] + 0.1, run
+    assert run["after_rate"] > run["before_rate"], run  # greedy, on held-out (test-split) prompts
+    # a second call reuses the finished seed instead of training again
+    assert lc.main(["--seeds", "1", "--iterations", "6", "--episodes-per-iteration", "16",
+                    "--eval-episodes", "16", "--output-dir", str(tmp_path)])["runs"][0] == run
