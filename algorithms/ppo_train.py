@@ -25,7 +25,8 @@ adapter disabled: no second model copy), GAE across observation spans, and the l
 
 Only the adapter and the value head are trained; the base weights never change (asserted at start).
 
-Several processes (``accelerate launch --num_processes N [--cpu] -m algorithms.ppo_train ...``): each
+Several processes (``accelerate launch --multi_gpu --num_processes N -m algorithms.ppo_train ...``, one
+GPU each with ``--device cuda``, gloo with ``--device cpu``; or ``torchrun``): each
 plays whole waves of every iteration's episodes and scores them, the statistics the update uses are
 those of the global batch, and the summed gradients of the adapter and value head are all-reduced
 before each optimizer step, so every replica takes the same step as one process would on the whole
