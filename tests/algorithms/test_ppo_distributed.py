@@ -49,12 +49,14 @@ ARGS = [
     "--no-progress",
     "--seed", "3",
 ]  # fmt: skip
-# Tolerance of (b). The two runs add the same fp32 terms in another order (per-process partial sums, 1
-# vs several torch threads): gradients agree to ~1e-7 relative, except elements that are near-cancelling
+# Tolerance of (b). The two runs add the same fp32 terms in another order (per-process partial sums,
+# then the all-reduce): gradients agree to ~1e-7 relative, except elements that are near-cancelling
 # sums. Adam divides each element by its own RMS, so such an element's step carries its gradient's
-# relative error (measured up to ~5e-4) times the learning rate: hence an absolute 1e-6 (= 1e-3 x lr)
-# per element, on top of 1e-5 relative; and every whole tensor within 1e-5 relative (norm of the difference).
-RTOL, ATOL, TENSOR_RTOL = 1e-5, 1e-6, 1e-5
+# relative error (measured up to ~2e-4) times the learning rate: hence an absolute 1e-6 (= 1e-3 x lr)
+# per element, on top of 1e-5 relative; and every whole tensor within 2e-5 relative (norm of the
+# difference). Measured on 2026-11-30: largest element difference 4.7e-7, tensors 5.5e-8 .. 5.5e-6
+# relative (LoRA B, which starts at 0 and so is all Adam steps, is the largest; value head 3e-7).
+RTOL, ATOL, TENSOR_RTOL = 1e-5, 1e-6, 2e-5
 TIMING = {"rollout_s", "update_s", "score_s", "tokens_per_s"}
 
 
@@ -72,16 +74,20 @@ def replica(result: Any) -> dict[str, Any]:
 
 
 def worker(rank: int, world: int, port: int, out: str) -> None:
-    """One rank: the launcher's environment, then the training script itself."""
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        OMP_NUM_THREADS="1",
-    )
+    """One rank: the launcher's environment (none for ``world == 1``), then the training script itself.
+
+    One torch thread in every process, the one-process reference included, so that the runs differ
+    only by how the batch is split (not by how many threads share each matmul)."""
+    if world > 1:
+        os.environ.update(
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(world),
+            LOCAL_WORLD_SIZE=str(world),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+    os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     result = ppo_train.main([*ARGS, "--output-dir", out])
     from safetensors.torch import save_file
@@ -106,12 +112,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("ppo_dist")
     two = root / "two"
     torch.multiprocessing.spawn(worker, args=(2, free_port(), str(two)), nprocs=2, join=True)
-    one = ppo_train.main([*ARGS, "--output-dir", str(root / "one")])
+    torch.multiprocessing.spawn(worker, args=(1, 0, str(root / "one")), nprocs=1, join=True)
     return {
         "dir_two": two,
         "dir_one": root / "one",
         "replicas": [load_file(str(two / f"replica-{r}.safetensors")) for r in range(2)],
-        "one": replica(one),
+        "one": load_file(str(root / "one" / "replica-0.safetensors")),
     }
 
 
