@@ -123,6 +123,34 @@ def default_cpu_threads(rows: int = 1) -> int:
     return max(half, min(current, cores, free))
 
 
+def return_freed_memory(threshold: int = 1 << 20) -> bool:
+    """Make the C allocator (glibc) give big freed blocks back to the OS; returns whether it could.
+
+    By default glibc raises its mmap threshold (up to 32 MB) each time a large block is freed, so blocks
+    of a few MB -- a training step's activations and gradients -- come from the heap afterwards and stay
+    resident when freed: the heap fragments, and a process's RSS keeps its high-water mark of every phase.
+    Measured on one PPO micro-batch of SmolLM2 on CPU (4 x 700 tokens, no-grad scoring then a training
+    forward and backward with gradient checkpointing): peak RSS 3.93 GiB as is, 1.61 GiB with blocks from
+    128 KB up served by mmap (``docs/results/speed.md``). Here blocks of ``threshold`` bytes or more are
+    mmapped (returned on free) and the heap top is trimmed past ``2 * threshold``, then trimmed now. A
+    decode step allocates nothing this big (its logits are preallocated), so generation is unaffected.
+    No-op (False) where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    ok = bool(mallopt(m_mmap_threshold, threshold)) and bool(mallopt(m_trim_threshold, 2 * threshold))
+    malloc_trim(0)
+    return ok
+
+
 @dataclass
 class GenerationResult:
     """One completion.

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from cmat_gym.agents.engine import GenerationResult, RolloutEngine
+from cmat_gym.agents.engine import GenerationResult, RolloutEngine, return_freed_memory
 from cmat_gym.agents.models import DEFAULT_MODEL, load_model
 
 Message = dict[str, str]
@@ -412,6 +412,13 @@ class LMPolicy:
         if getattr(self.model, "peft_config", None):
             raise ValueError("the model already has an adapter; save it, or load the base model again")
         self.model = get_peft_model(self.model, config)
+        self._prepare_training()
+
+    def _prepare_training(self) -> None:
+        # A trainable adapter means training in this process. On a CPU, glibc would keep each phase's freed
+        # activations resident (peak RSS of a SmolLM2 PPO micro-batch 3.9 -> 1.6 GiB without that).
+        if next(self.model.parameters()).device.type == "cpu":
+            return_freed_memory()
 
     def save_adapter(self, path: str | Path) -> None:
         """Save the adapter's weights and config (peft format) to the folder ``path``."""
@@ -428,3 +435,5 @@ class LMPolicy:
         self.model = PeftModel.from_pretrained(self.model, str(path), is_trainable=trainable)
         if not trainable:
             self.model.eval()
+        else:
+            self._prepare_training()
