@@ -283,7 +283,56 @@ def bundle(args: argparse.Namespace, arm: str, out: Path, command: str) -> None:
                        "eval_seed": args.eval_seed, "results": evaluation},
     }
     (bundle_dir / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    (bundle_dir / "README.md").write_text(bundle_readme(record))
     print(f"bundled sft-{arm} -> {bundle_dir}", flush=True)
+
+
+def bundle_readme(record: dict[str, Any]) -> str:
+    """The bundled adapter's README, written from its ``training.json`` record (so the two never disagree)."""
+    data, training = record["data"], record["training"]
+    lines = [
+        "# db-sft: the tuned SmolLM2 agent that ships with cmat-gym", "",
+        "A LoRA adapter on SmolLM2-135M-Instruct (`smollm2-135m-instruct`), made by the project's own SFT "
+        "pipeline on oracle trajectories of DB-v0 (train split only; never on AgentBench data). Load it with "
+        "`make_policy(\"smollm2\", adapter=\"bundled\")` or `--adapter bundled`; `make demo` plays it against the "
+        "zero-shot model.", "",
+        f"* data: `{record['data']['env']}` with `{json.dumps(data['env_kwargs'])}`, {data['episodes']} oracle episodes "
+        f"through the CMAT loop (seed {data['seed']}): {data['examples']} examples, {data['tokens']} tokens, "
+        f"{data['trained_tokens']} trained (assistant) tokens",
+        f"* training: {training['optimizer_steps']} optimizer steps, final loss {training['final_loss']:.3f}, "
+        f"{training['train_s']:.0f} s on the machine that made it; weights stored in fp16 (evaluated as stored)",
+        f"* made at git commit `{record['git_commit']}` by", "",
+        "```bash", record["pipeline_command"], "```", "",
+        "which ran this SFT command:", "", "```bash", str(record["sft_command"]), "```", "",
+    ]
+    results = record["evaluation"]["results"]
+    if results:
+        ev = record["evaluation"]
+        lines += [f"Greedy, bare env, at most {ev['max_rounds']} actions of {ev['max_new_tokens']} new tokens "
+                  "(success rate, 95% Wilson interval):", "",
+                  "| agent | " + " | ".join(next(iter(results.values()))) + " |",
+                  "|---" * (1 + len(next(iter(results.values())))) + "|"]
+        for agent, sources in results.items():
+            lines.append(f"| {agent} | " + " | ".join(
+                f"{v['solved']}/{v['episodes']} [{v['wilson95'][0]:.2f}, {v['wilson95'][1]:.2f}]"
+                + (f", headline {v['overall_cat_accuracy']:.3f}" if "overall_cat_accuracy" in v else "")
+                for v in sources.values()) + " |")
+        lines.append("")
+    lines.append("A CPU-scale result (see docs/results/real_tables.md); `training.json` holds the full record.")
+    return "\n".join(lines) + "\n"
+
+
+def _without_stages(words: list[str]) -> list[str]:
+    kept, skipping = [], False
+    for word in words:
+        if word == "--stages":
+            skipping = True
+        elif skipping and not word.startswith("--"):
+            continue
+        else:
+            skipping = False
+            kept.append(word)
+    return kept
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["transfer.py", *argv])
+    # What reproduces the run whichever stages this call ran (stages resume; all of them by default).
+    words = sys.argv if argv is None else ["benchmarks/transfer.py", *argv]
+    reproduce = shlex.join(["python", *_without_stages(words)])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"command: {command}\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f}, "
           f"Python {platform.python_version()}", flush=True)
@@ -309,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "report.md").write_text(text + "\n")
         print(text)
     if args.bundle is not None:
-        bundle(args, args.bundle, out, command)
+        bundle(args, args.bundle, out, reproduce)
     return 0
 
 
