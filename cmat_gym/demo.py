@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default="smollm2", help="the Assistant: smollm2, tiny-random or a model folder")
     parser.add_argument("--adapter", default="bundled",
                         help="the tuned agent's adapter on --model: 'bundled' (ships with the package) or a folder")
-    parser.add_argument("--episodes", type=int, default=4, help="held-out tasks each agent plays (as one batch)")
+    parser.add_argument("--episodes", type=int, default=3, help="held-out tasks each agent plays (as one batch)")
     parser.add_argument("--max-new-tokens", type=int, default=96, help="most tokens per action")
     parser.add_argument("--max-rounds", type=int, default=4, help="actions per episode before truncation")
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', ...")
