@@ -255,7 +255,8 @@ def cmd_play(args: argparse.Namespace, out: TextIO, stdin: TextIO) -> int:
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """Flags of language-model policies (``--policy smollm2|tiny-random|<model folder>``) and batching."""
     group = parser.add_argument_group("language-model policies")
-    group.add_argument("--adapter", default=None, metavar="PATH", help="a saved peft (LoRA) adapter to load")
+    group.add_argument("--adapter", default=None, metavar="PATH",
+                       help="a saved peft (LoRA) adapter folder, or 'bundled' (the tuned DB agent shipped with the package)")
     group.add_argument("--batch-size", type=int, default=None,
                        help="episodes played at once; the policy acts for all of them in one call (default: "
                             f"min(episodes, {AUTO_BATCH}) for a local language model, without --memory on, "

@@ -1,6 +1,6 @@
 """``cmat-gym serve``: a local chat model behind an OpenAI-compatible API, on the loopback interface.
 
-    cmat-gym serve --model smollm2 [--adapter DIR] [--port 8000] [--max-batch 16] [--max-tokens 256]
+    cmat-gym serve --model smollm2 [--adapter DIR|bundled] [--port 8000] [--max-batch 16] [--max-tokens 256]
     cmat-gym eval --policy openai --base-url http://127.0.0.1:8000/v1 --model smollm2 --batch-size 8
 
 Serves the bundled SmolLM2-135M-Instruct, ``tiny-random`` or any local model folder (optionally with a
@@ -323,7 +323,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``cmat-gym serve``."""
     parser.add_argument("--model", default="smollm2",
                         help="smollm2 (bundled SmolLM2-135M-Instruct), tiny-random, or a local model folder")
-    parser.add_argument("--adapter", default=None, metavar="DIR", help="a saved peft (LoRA) adapter to load")
+    parser.add_argument("--adapter", default=None, metavar="DIR",
+                        help="a saved peft (LoRA) adapter folder, or 'bundled' (the tuned DB agent shipped with the package)")
     parser.add_argument("--served-model-name", default=None, metavar="NAME",
                         help="the name clients send as 'model' (default: --model)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
@@ -341,11 +342,12 @@ def load_generator(args: argparse.Namespace) -> BatchGenerator:
         from cmat_gym.agents.chat_agent import STOP, resolve_device
         from cmat_gym.agents.lm_policy import LMPolicy
         from cmat_gym.agents.models import resolve_model_name
+        from cmat_gym.agents.policies import resolve_adapter
     except ModuleNotFoundError as exc:
         raise ImportError(f"cmat-gym serve needs {exc.name}, which is not installed: "
                           "pip install 'cmat-gym[train]'") from exc
     lm = LMPolicy.from_pretrained(
-        resolve_model_name(args.model), adapter=args.adapter, device=resolve_device(args.device, args.threads),
+        resolve_model_name(args.model), adapter=resolve_adapter(args.adapter), device=resolve_device(args.device, args.threads),
         max_new_tokens=args.max_tokens, max_batch=args.max_batch, max_seq_len=args.max_seq_len, stop=STOP,
     )
     return BatchGenerator(lm, max_batch=args.max_batch)

