@@ -504,7 +504,8 @@ def default_batch_size(args: argparse.Namespace) -> int:
 def check_counts(args: argparse.Namespace) -> None:
     """Reject bad counts and flag combinations before any model loads: ``--seed`` below 0,
     ``--episodes``, ``--batch-size`` and ``--trials`` below 1, ``--trials``/``--reflection`` without
-    ``--cmat --memory on``, and ``--reflection lm`` without a language-model policy."""
+    ``--cmat --memory on``, and ``--reflection lm`` without a language-model policy. An unset
+    ``--batch-size`` is filled in here (:func:`default_batch_size`), so that it is checked like a given one."""
     check_seed(args)
     if args.episodes is not None and args.episodes < 1:
         raise CLIError(f"--episodes must be at least 1, got {args.episodes}")

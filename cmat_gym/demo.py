@@ -1,7 +1,8 @@
 """The demo behind ``make demo``: SmolLM2 plays DB-v0 as the Assistant in the CMAT loop, on the CPU.
 
 1. Reference numbers: the oracle and the random agent on procedural DB-v0 test episodes and on the
-   AgentBench dbbench dev file (when ``../shared`` is next to the repository), via ``cmat-gym eval``.
+   AgentBench dbbench dev split bundled with the package (``--agentbench`` points elsewhere; a missing
+   file is skipped with a note), via ``cmat-gym eval``.
 2. SmolLM2-135M-Instruct zero-shot and the same model with the tuned adapter that ships with the
    package (``--adapter bundled``: LoRA trained by the project's own SFT pipeline, see
    ``cmat_gym/data/adapters/db-sft/README.md``) play the same held-out tasks (the first ``--episodes``
