@@ -257,6 +257,9 @@ def format_table(rows: Sequence[dict[str, Any]], srcs: Sequence[Source]) -> str:
                 lines.append(f"  {'':<{width}}   prefill {e['prefill_s']:.1f} s ({e['prefilled_tokens']:.0f} of "
                              f"{e['prompt_tokens']:.0f} prompt tokens, {e['reused_tokens']:.0f} reused), decode "
                              f"{e['decode_s']:.1f} s ({e['decode_steps']:.0f} steps), rest {rest:.1f} s")
+                if e.get("drafted_tokens"):
+                    lines.append(f"  {'':<{width}}   prompt-lookup drafts: {e['accepted_tokens']:.0f} of "
+                                 f"{e['drafted_tokens']:.0f} drafted tokens accepted")
     return "\n".join(lines)
 
 

@@ -40,14 +40,16 @@ from cmat_gym import cli  # noqa: E402
 TARGET = 3.0
 
 
-def run_side(argv: list[str], legacy: bool) -> dict[str, Any]:
+def run_side(argv: list[str], legacy: bool, speculate: int | None = None) -> dict[str, Any]:
     """Play the eval ``argv`` describes with a freshly loaded model (its engine sized by the side's batch);
-    ``legacy``: batch 1 and the old engine path."""
+    ``legacy``: batch 1 and the old engine path; ``speculate``: the engine's draft length (None: its default)."""
     args = cli.build_parser().parse_args(argv + (["--batch-size", "1"] if legacy else []))
     cli.check_counts(args)  # resolves the --batch-size default
     policy = cli.build_policy(args)
     lm = policy.lm
     lm.legacy = legacy
+    if speculate is not None:
+        lm.speculate = speculate
     engine = lm.engine
     tokens0, stats0 = policy.generated_tokens, dict(engine.stats)
     started = time.perf_counter()
@@ -72,7 +74,9 @@ def describe(name: str, f: dict[str, Any]) -> str:
             f"     prefill {e['prefill_s']:.1f} s ({e['prefilled_tokens']:.0f} tokens prefilled of "
             f"{e['prompt_tokens']:.0f}, {e['reused_tokens']:.0f} reused), decode {e['decode_s']:.1f} s "
             f"({e['decode_steps']:.0f} steps, {1e3 * e['decode_s'] / max(e['decode_steps'], 1):.1f} ms each), "
-            f"rest {rest:.1f} s")
+            f"rest {rest:.1f} s"
+            + (f"\n     prompt-lookup drafts: {e['accepted_tokens']:.0f} of {e['drafted_tokens']:.0f} drafted tokens "
+               f"accepted" if e.get("drafted_tokens") else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--also-without-drafts", action="store_true",
+                        help="a third side: today's path with prompt-lookup drafts off (speculate=0)")
     parser.add_argument("extra", nargs="*", help="more cmat-gym eval flags (after --)")
     args = parser.parse_args(argv)
     eval_argv = ["eval", "--env", args.env, "--cmat", "--checker", "rule", "--policy", args.policy,
@@ -94,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     print(describe("old", old), flush=True)
     new = run_side(eval_argv, legacy=False)
     print(describe("new", new), flush=True)
+    plain = None
+    if args.also_without_drafts:
+        plain = run_side(eval_argv, legacy=False, speculate=0)
+        print(describe("new, no drafts:", plain), flush=True)
+        print(f"speed-up old / (new, no drafts): {old['wall_s'] / plain['wall_s']:.2f}x; same generated tokens as "
+              f"new: {plain['generated_tokens'] == new['generated_tokens']}", flush=True)
     same = ([(r["task_id"], r["success"], r["steps"], r["score"]) for r in old["results"]]
             == [(r["task_id"], r["success"], r["steps"], r["score"]) for r in new["results"]])
     speedup = old["wall_s"] / new["wall_s"]
@@ -103,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"command": eval_argv, "old": old, "new": new, "speedup": speedup}, indent=1))
+        args.json.write_text(json.dumps({"command": eval_argv, "old": old, "new": new, "new_no_drafts": plain,
+                                               "speedup": speedup}, indent=1))
     return 0
 
 

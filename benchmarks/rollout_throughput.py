@@ -250,6 +250,7 @@ def measure(model_name: str, batch: int, args: argparse.Namespace, device: torch
             compile=mode == "compile",
             legacy=mode == "legacy",
             threads=args.threads,
+            speculate=args.speculate,
         )
 
         def run(new: int, engine: RolloutEngine = engine) -> list[Any]:
@@ -365,6 +366,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--threads", type=int, default=None,
                         help="the engine's CPU threads (default: cmat_gym.agents.engine.default_cpu_threads())")
+    parser.add_argument("--speculate", type=int, default=0,
+                        help="the engine's prompt-lookup draft length (default 0: the decode step alone is "
+                        "measured; the prompts are random tokens, whose drafts would rarely be accepted)")
     parser.add_argument("--no-check", dest="check", action="store_false",
                         help="skip the teacher-forced check of the engine's tokens")
     parser.add_argument("--json", type=Path, default=None, help="write the figures to this file")

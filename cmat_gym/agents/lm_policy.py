@@ -88,6 +88,9 @@ class LMPolicy:
             :func:`~cmat_gym.agents.engine.default_cpu_threads`).
         legacy: the path before KV reuse (every turn re-rendered and re-encoded whole, the engine's
             ``legacy`` mode): for before/after benchmarks only; may be set after construction.
+        speculate: most tokens the engine drafts by prompt lookup per row and pass in greedy decoding
+            (the same greedy reply in fewer passes when the reply repeats its prompt or itself; 0: off);
+            may be set after construction.
 
     Example::
 
@@ -113,6 +116,7 @@ class LMPolicy:
         compile: bool = False,
         threads: int | None = None,
         legacy: bool = False,
+        speculate: int = 8,
     ) -> None:
         if backend not in ("auto", "engine", "hf"):
             raise ValueError(f"backend must be 'auto', 'engine' or 'hf', not {backend!r}")
@@ -125,7 +129,7 @@ class LMPolicy:
         self.seed = seed
         self.backend = backend
         self.max_batch, self.max_seq_len, self.compile = max_batch, max_seq_len, compile
-        self.threads, self.legacy = threads, legacy
+        self.threads, self.legacy, self.speculate = threads, legacy, speculate
         self._engine: RolloutEngine | None = None
         self._calls = 0
         self._transcripts: OrderedDict[Hashable, _Transcript] = OrderedDict()
@@ -287,6 +291,7 @@ class LMPolicy:
                 compile=self.compile,
             )
         self._engine.threads, self._engine.legacy = self.threads, self.legacy
+        self._engine.speculate = self.speculate
         return self._engine
 
     def _use_engine(self) -> bool:

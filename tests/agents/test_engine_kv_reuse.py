@@ -120,13 +120,20 @@ def test_a_prompt_that_does_not_extend_its_session_is_reencoded_with_a_reason(
     task, old, new = ids(rng, 30, 30), ids(rng, 20, 20), ids(rng, 10, 10)
     engine.generate([task + old], 6, eos_token_ids=(), sessions=["s"])
     with caplog.at_level(logging.INFO, logger="cmat_gym.agents.engine"):
-        got = engine.generate([task + new], 6, eos_token_ids=(), sessions=["s"])  # history cut: diverges at 30
-    assert "differs from its cached ids at token 30 of 55" in caplog.text and "re-encoding 10 of 40" in caplog.text
+        got = engine.generate(
+            [task + new], 6, eos_token_ids=(), sessions=["s"]
+        )  # history cut: diverges at 30
+    assert (
+        "differs from its cached ids at token 30 of 55" in caplog.text
+        and "re-encoding 10 of 40" in caplog.text
+    )
     assert_same(got, reference.generate([task + new], 6, eos_token_ids=()))
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="cmat_gym.agents.engine"):
-        engine.generate([ids(rng, 5, 5), ids(rng, 5, 5)], 4, eos_token_ids=(), sessions=["x", "y"])  # evicts s
+        engine.generate(
+            [ids(rng, 5, 5), ids(rng, 5, 5)], 4, eos_token_ids=(), sessions=["x", "y"]
+        )  # evicts s
         engine.generate([task + new + [5]], 4, eos_token_ids=(), sessions=["s"])
     assert "no cached state (evicted: more sessions than cache rows)" in caplog.text
 
@@ -155,7 +162,9 @@ def test_sessionless_prompts_reuse_any_rows_prefix(tiny: tuple[Any, Any]) -> Non
     assert_same(got, reference.generate(nxt, 6, eos_token_ids=()))
 
 
-def test_graph_padding_rows_never_overwrite_held_sessions(tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_graph_padding_rows_never_overwrite_held_sessions(
+    tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """CUDA graphs pad a batch to a power of two; the padding rows' decode steps write at their first unused
     column, so sessions held there survive (forced on CPU by widening the batch bucket)."""
     model, tokenizer = tiny
@@ -195,7 +204,9 @@ def test_lm_policy_builds_token_in_token_out_prompts(tiny: tuple[Any, Any]) -> N
     first = policy.act_messages([conversation], return_details=True, sessions=["s"])[0]
     conversation += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "Result: []"}]
     second = policy.act_messages([conversation], return_details=True, sessions=["s"])[0]
-    end = tokenizer.encode("\n<|im_start|>user\nResult: []<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+    end = tokenizer.encode(
+        "\n<|im_start|>user\nResult: []<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False
+    )
     closing = [] if first.completion_ids[-1] == tokenizer.eos_token_id else [tokenizer.eos_token_id]
     assert second.prompt_ids == first.prompt_ids + first.completion_ids + closing + end
     assert policy.engine.stats["reused_tokens"] >= len(first.prompt_ids)
@@ -229,14 +240,25 @@ def test_chat_agent_turns_equal_without_reuse(tiny: tuple[Any, Any], max_seq_len
     rng = random.Random(max_seq_len)
     turns = []
     for t in range(7):
-        turn = [(slot, f"observation {t} of slot {slot}: " + "rows " * rng.randint(1, 30)) for slot in range(4)
-                if rng.random() < 0.8]
+        turn = [
+            (slot, f"observation {t} of slot {slot}: " + "rows " * rng.randint(1, 30))
+            for slot in range(4)
+            if rng.random() < 0.8
+        ]
         if t == 4:  # slot 1 starts a new conversation
-            turn = [(slot, obs) for slot, obs in turn if slot != 1] + [(1, None), (1, "a new task for slot 1")]
+            turn = [(slot, obs) for slot, obs in turn if slot != 1] + [
+                (1, None),
+                (1, "a new task for slot 1"),
+            ]
         turns.append(turn or [(0, "wake up")])
     agents = [
-        ChatAgent(LMPolicy(model, tokenizer, max_new_tokens=16, max_batch=4, max_seq_len=max_seq_len,
-                           stop=["<|im_end|>"]), system_prompt="You are the Assistant.", history_turns=2)
+        ChatAgent(
+            LMPolicy(
+                model, tokenizer, max_new_tokens=16, max_batch=4, max_seq_len=max_seq_len, stop=["<|im_end|>"]
+            ),
+            system_prompt="You are the Assistant.",
+            history_turns=2,
+        )
         for _ in range(2)
     ]
     got, expected = run_agent(agents[0], turns, forget=False), run_agent(agents[1], turns, forget=True)
@@ -262,9 +284,10 @@ def test_legacy_path_and_threads(tiny: tuple[Any, Any], monkeypatch: pytest.Monk
     assert 1 <= default_cpu_threads() <= torch.get_num_threads()
 
 
-def test_default_threads_take_idle_cores_for_a_batch_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    # 4 usable cores, torch at 4 threads (as at start-up): one row gets half the cores whatever the load; a
-    # batch gets the cores other processes leave free (load average minus this process), never below half.
+def test_default_threads_take_the_idle_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 4 usable cores, torch at 4 threads (as at start-up): a call gets the cores other processes leave free
+    # (load average minus this process), never below half; ALL_CORES_FROM_ROWS rows or more (1 today, so
+    # every call) since the few-row matmuls gain from a second thread too.
     import cmat_gym.agents.engine as engine_module
 
     for name in ("CMAT_GYM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -272,9 +295,12 @@ def test_default_threads_take_idle_cores_for_a_batch_only(monkeypatch: pytest.Mo
     monkeypatch.setattr(engine_module, "_STARTUP_THREADS", 4)
     monkeypatch.setattr(engine_module.torch, "get_num_threads", lambda: 4)
     monkeypatch.setattr(engine_module.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
-    for load, one_row, batch in ((0.2, 2, 4), (1.1, 2, 4), (2.0, 2, 3), (2.6, 2, 2), (9.0, 2, 2)):
+    for load, threads in ((0.2, 4), (1.1, 4), (2.0, 3), (2.6, 2), (9.0, 2)):
         monkeypatch.setattr(engine_module.os, "getloadavg", lambda load=load: (load, load, load))
-        assert (default_cpu_threads(1), default_cpu_threads(16)) == (one_row, batch), load
+        assert default_cpu_threads(1) == default_cpu_threads(16) == threads, load
+    monkeypatch.setattr(engine_module, "ALL_CORES_FROM_ROWS", 4)  # the rule for fewer rows: half the cores
+    monkeypatch.setattr(engine_module.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
+    assert (default_cpu_threads(1), default_cpu_threads(4)) == (2, 4)
 
 
 def test_chat_agent_cuts_the_history_with_headroom_so_sessions_keep_reusing(tiny: tuple[Any, Any]) -> None:
@@ -296,7 +322,7 @@ def test_chat_agent_cuts_the_history_with_headroom_so_sessions_keep_reusing(tiny
     completions.append(agent.last_completions[0])
     assert all(len(c.prompt_ids) <= budget for c in completions)  # (2) every prompt fits the window
     task = tokenizer.encode("TASK: find the rows", add_special_tokens=False)
-    assert all(any(c.prompt_ids[i:i + len(task)] == task for i in range(64)) for c in completions)  # kept
+    assert all(any(c.prompt_ids[i : i + len(task)] == task for i in range(64)) for c in completions)  # kept
     cuts = [completions[t + 1] for t, count in enumerate(reencoded) if count]
     assert all(len(c.prompt_ids) <= LOW_WATER * budget for c in cuts)  # a cut leaves headroom
     first = reencoded.index(1)  # the first overflow
@@ -305,5 +331,6 @@ def test_chat_agent_cuts_the_history_with_headroom_so_sessions_keep_reusing(tiny
     for t, count in enumerate(reencoded):  # (3) between cuts each prompt extends the previous turn
         previous, current = completions[t], completions[t + 1]
         extends = current.prompt_ids[: len(previous.prompt_ids) + len(previous.completion_ids)] == (
-            previous.prompt_ids + previous.completion_ids)
+            previous.prompt_ids + previous.completion_ids
+        )
         assert extends == (count == 0), t

@@ -268,7 +268,8 @@ def test_rows_of_one_length_decode_without_a_mask_and_equal_hf(tiny: tuple[Any, 
     """Rows of one length skip the attention mask (it would keep every column): still HF's tokens and
     teacher-forced log-probs."""
     model, tokenizer = tiny
-    engine = RolloutEngine(model, tokenizer, max_batch=8, max_seq_len=128)
+    # speculate=0: greedy calls would verify drafts through the prefill path instead of the decode step
+    engine = RolloutEngine(model, tokenizer, max_batch=8, max_seq_len=128, speculate=0)
     calls: list[bool] = []
     step = engine._step_fn
 
@@ -290,3 +291,30 @@ def test_rows_of_one_length_decode_without_a_mask_and_equal_hf(tiny: tuple[Any, 
     calls.clear()
     engine.generate([prompts[0], prompts[0][:10]], 4, eos_token_ids=())  # unequal rows keep the mask
     assert calls and not any(calls)
+
+
+def test_few_row_matmuls_equal_f_linear_and_keep_hf_greedy(tiny: tuple[Any, Any]) -> None:
+    """Matmuls of 1-16 rows on CPU run as weight @ x.T (streams the weight as stored): the same products
+    as F.linear up to rounding, and an engine with them on decodes HF's greedy tokens."""
+    from cmat_gym.agents.engine import _weight_times_rows
+
+    weight = torch.randn(300, 64)
+    for rows in (1, 2, 5, 16):
+        x = torch.randn(rows, 64)
+        y = _weight_times_rows(weight, x)
+        assert y.shape == (rows, 300) and y.is_contiguous()
+        torch.testing.assert_close(y, torch.nn.functional.linear(x, weight), atol=1e-5, rtol=1e-5)
+    model, tokenizer = tiny
+    prompts = random_prompts(4, seed=13)
+    on = RolloutEngine(model, tokenizer, max_batch=4, max_seq_len=128, speculate=0)
+    off = RolloutEngine(model, tokenizer, max_batch=4, max_seq_len=128, speculate=0)
+    off.few_rows = 0
+    assert on.few_rows == 16
+    a, b = on.generate(prompts, 12, eos_token_ids=()), off.generate(prompts, 12, eos_token_ids=())
+    assert (
+        [r.completion_ids for r in a]
+        == [r.completion_ids for r in b]
+        == hf_greedy(model, tokenizer, prompts, 12, [])
+    )
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4, rtol=0)
