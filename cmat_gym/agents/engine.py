@@ -37,6 +37,18 @@ teacher-forced HF forward over the same sequences; compiled, 98.7% of greedy tok
 with it, the rest being ties within 2 bf16 steps. (Greedy rows also drift from HF
 ``generate`` itself in bf16: it rounds differently from HF's own full forward.)
 
+**Prompt-lookup drafts** (``speculate``, default 8; greedy calls without CUDA graphs). An agent's reply
+copies its prompt (table and column names, the query it wrote last turn) and a small model repeats itself
+(the CMAT loop hands a rejected action back; SmolLM2 often proposes it again). Each pass feeds a row its
+last token plus up to ``speculate`` tokens that followed the latest earlier occurrence of its last 1-3
+tokens, and keeps the greedy tokens up to the first that differs from the draft: the plain greedy reply,
+in fewer passes, since a pass over a few tokens costs about one decode step (both read every weight once).
+``stats`` counts drafted and accepted tokens. Sampling (``temperature > 0``) decodes one token a step.
+
+**Few-row matmuls on CPU.** ``x @ W.T`` with 1-16 rows of ``x`` goes to MKL kernels that repack or
+half-stream the weight; ``(W @ x.T).T`` streams it as stored, 1.3-3x faster per decode step (see
+:func:`_weight_times_rows`).
+
 **Prefill** runs the engine's own forward over the new tokens only, packed (no padding in the
 matmuls), writing their keys/values straight into the cache; attention goes row by row on CPU
 (exact lengths) and row groups on CUDA (padded, fewer launches). Every row keeps its tokens in
@@ -95,12 +107,48 @@ _STARTUP_THREADS = torch.get_num_threads()
 ALL_CORES_FROM_ROWS = 1
 
 
+class _OthersLoad:
+    """Cores that other processes kept busy since the previous reading, from ``/proc/stat`` (all CPUs' busy
+    time, steal included) minus this process's own CPU time; None before a first window of 0.5 s or off Linux.
+
+    The 1-minute load average also counts this process: right after it decoded on two threads it reads ~2
+    on an otherwise idle machine, and a load-average rule would then leave a core unused for a minute.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[float, float, float] | None = None
+        self.cores: float | None = None
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def read(self) -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        if len(fields) < 8:
+            return None
+        busy = (sum(fields) - fields[3] - fields[4]) / self._tick  # all but idle and iowait
+        own, now = sum(os.times()[:2]), time.monotonic()
+        if self._last is None:
+            self._last = busy, own, now
+        elif now - self._last[2] >= 0.5:
+            busy0, own0, then = self._last
+            self.cores = max(0.0, (busy - busy0) - (own - own0)) / (now - then)
+            self._last = busy, own, now
+        return self.cores
+
+
+_OTHERS = _OthersLoad()
+
+
 def default_cpu_threads(rows: int = 1) -> int:
     """Threads for CPU generation of ``rows`` sequences at once: ``$CMAT_GYM_THREADS``; else torch's count
     when the user chose it (``torch.set_num_threads`` to another value than at start-up, or
     ``$OMP_NUM_THREADS`` / ``$MKL_NUM_THREADS``); else half the usable cores (at least 1), or, for
     ``rows >= ALL_CORES_FROM_ROWS`` on a machine that other processes leave idle (1-minute load average
-    minus this process's own running thread), every core nobody else uses.
+    minus this process's own running thread; on Linux, once a first reading window has passed, the busy time
+    of all CPUs since the previous call minus this process's), every core nobody else uses.
 
     Decoding a small model runs hundreds of short ops per token. Each op split over threads waits
     for the slowest: with one thread per core and other processes (env workers, a second evaluation,
@@ -118,7 +166,9 @@ def default_cpu_threads(rows: int = 1) -> int:
     half = max(1, min(current, cores // 2))
     if rows < ALL_CORES_FROM_ROWS or not hasattr(os, "getloadavg"):
         return half
-    others = max(0.0, os.getloadavg()[0] - 1.0)  # this process counts ~1 while it decodes
+    others = _OTHERS.read()
+    if others is None:  # no reading yet: the load average, where this process counts ~1 while it decodes
+        others = max(0.0, os.getloadavg()[0] - 1.0)
     free = cores - math.ceil(others - 0.25)  # a neighbour that ran a quarter of the last minute takes a core
     return max(half, min(current, cores, free))
 
@@ -287,6 +337,7 @@ class RolloutEngine:
         self.per_row_attention_bytes = 128 * 1024
         # CPU fp32: matmuls of at most this many rows run as weight @ x.T (see _weight_times_rows); 0: never.
         self.few_rows = 16 if eager_cpu else 0
+        self._few_limit = self.few_rows  # the limit at the current thread count (set by _threads)
 
         # What each cache row holds (host side): the ids in columns 0 .. _row_len[r]-1 and the session
         # that owns the row (None: free, its ids still serve as a prefix for any prompt).
@@ -439,7 +490,7 @@ class RolloutEngine:
         """``F.linear`` for 2-d ``x``; on CPU in fp32, ``x`` of at most ``few_rows`` rows goes through
         :func:`_weight_times_rows` (1.5-3x less time per decode step at 1-4 rows, see there); not in the
         ``legacy`` mode, which keeps the path before issue 15 for comparisons."""
-        few = x.shape[0] <= self.few_rows and not self.legacy
+        few = x.shape[0] <= self._few_limit and not self.legacy
         if few and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 2:
             y = _weight_times_rows(weight, x)
             return y if bias is None else y + bias
@@ -504,7 +555,7 @@ class RolloutEngine:
             x = x + self._linear(F.silu(gate) * up, w.down[i])
         h = self._rms_norm(x, w.norm)
         if self._logits_buf is not None and h.dtype == torch.float32:  # CPU eager: into the step's buffer
-            if b <= self.few_rows and not self.legacy:
+            if b <= self._few_limit and not self.legacy:
                 return self._logits_buf[:b].copy_(_weight_times_rows(w.lm_head, h))
             return torch.mm(h, w.lm_head.t(), out=self._logits_buf[:b])
         return F.linear(h, w.lm_head).float()
@@ -865,6 +916,9 @@ class RolloutEngine:
             yield
             return
         wanted, before = self.threads or default_cpu_threads(rows), torch.get_num_threads()
+        # Past 4 rows, one thread runs x @ W.T faster through F.linear's kernels than as W @ x.T (measured
+        # per row count over SmolLM2's matmuls; two threads gain from W @ x.T up to 16 rows and more).
+        self._few_limit = self.few_rows if wanted > 1 else min(self.few_rows, 4)
         if wanted == before:
             yield
             return

@@ -295,12 +295,46 @@ def test_default_threads_take_the_idle_cores(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(engine_module, "_STARTUP_THREADS", 4)
     monkeypatch.setattr(engine_module.torch, "get_num_threads", lambda: 4)
     monkeypatch.setattr(engine_module.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(engine_module._OTHERS, "read", lambda: None)  # no /proc/stat window yet
     for load, threads in ((0.2, 4), (1.1, 4), (2.0, 3), (2.6, 2), (9.0, 2)):
         monkeypatch.setattr(engine_module.os, "getloadavg", lambda load=load: (load, load, load))
         assert default_cpu_threads(1) == default_cpu_threads(16) == threads, load
     monkeypatch.setattr(engine_module, "ALL_CORES_FROM_ROWS", 4)  # the rule for fewer rows: half the cores
     monkeypatch.setattr(engine_module.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
     assert (default_cpu_threads(1), default_cpu_threads(4)) == (2, 4)
+    # with a /proc/stat reading, the cores other processes used replace the load average (which counts us)
+    monkeypatch.setattr(engine_module.os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    for others, threads in ((0.1, 4), (1.0, 3), (2.2, 2)):
+        monkeypatch.setattr(engine_module._OTHERS, "read", lambda others=others: others)
+        assert default_cpu_threads(4) == threads, others
+
+
+def test_others_load_leaves_out_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Busy time of all CPUs (from /proc/stat, steal included, idle and iowait left out) minus this process's
+    CPU time, per second of the window."""
+    import io
+
+    import cmat_gym.agents.engine as engine_module
+
+    clock = {"busy": 0, "own": 0.0, "now": 100.0}  # busy in ticks of 1/100 s
+
+    def fake_open(path: str, *args: Any, **kwargs: Any) -> io.StringIO:
+        assert path == "/proc/stat"
+        b = clock["busy"]  # user nice system idle iowait irq softirq steal
+        return io.StringIO(f"cpu  {b // 2} 0 {b - b // 2 - 10} 5000 70 0 0 10 0 0\ncpu0 ...\n")
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    monkeypatch.setattr(engine_module.os, "times", lambda: (clock["own"], 0.0, 0.0, 0.0, 0.0))
+    monkeypatch.setattr(engine_module.time, "monotonic", lambda: clock["now"])
+    meter = engine_module._OthersLoad()
+    meter._tick = 100
+    assert meter.read() is None  # first reading: no window yet
+    clock.update(busy=clock["busy"] + 300, own=1.0, now=102.0)  # 3 s busy in 2 s, 1 s of it ours
+    assert meter.read() == pytest.approx(1.0)
+    clock.update(busy=clock["busy"] + 10, own=1.1, now=102.2)  # too short a window: the last reading stays
+    assert meter.read() == pytest.approx(1.0)
+    clock.update(busy=clock["busy"] + 190, own=3.0, now=103.2)  # only us busy since 102.0
+    assert meter.read() == pytest.approx(0.0)
 
 
 def test_chat_agent_cuts_the_history_with_headroom_so_sessions_keep_reusing(tiny: tuple[Any, Any]) -> None:
