@@ -24,3 +24,13 @@ def test_env_throughput_prints_every_section_and_exits_0(capsys: pytest.CaptureF
     assert "median SQL step" in out and "CMAT loop overhead" in out
     if is_available():
         assert "cmat/OS-v0" in out and "median reset, given task" in out and "2 envs stepping at once" in out
+
+
+def test_cpu_matmul_rows_prints_both_ways_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("transformers")
+    import cpu_matmul_rows
+
+    assert cpu_matmul_rows.main(["--model", "tiny-random", "--threads", "1", "--rows", "1", "3", "--repeats", "1"]) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [(row[0], row[1]) for row in lines] == [("1", "1"), ("1", "3")]
+    assert all(float(row[2]) > 0 and float(row[3]) > 0 and row[4].endswith("x") for row in lines)
