@@ -10,7 +10,8 @@ functions, with one model:
 * **old**: the path before issue 15: ``--batch-size 1`` (one episode after the other) and the engine's
   ``legacy`` mode (every turn's conversation prefilled whole by HF, torch's thread count);
 * **new**: the CLI's defaults now: the episodes batched (``--batch-size`` auto: min(episodes, 16) for a
-  local model), KV reuse across turns, the engine's thread count.
+  local model), KV reuse across turns, the engine's thread count, prompt-lookup drafts in greedy decoding;
+* **new, no drafts** (``--also-without-drafts``): the same with ``speculate=0``, to show what the drafts add.
 
 It prints each side's wall time, generated tokens and tokens/s, where the time went (engine prefill,
 decode, the rest: env, checker, tokenizer), and whether both played the same episodes (greedy: equal
@@ -19,7 +20,8 @@ Target (issue 15): >= 3x. It reports; it exits 0 either way.
 
 The floor: a decode step of a 135M-parameter fp32 model reads all its weights (~540 MB) once, whatever
 the batch; with B episodes decoding together the new side needs 1/B of the old side's steps, but a step
-of B rows costs more than a step of one once the matmuls stop being bound by memory bandwidth.
+of B rows costs more than a step of one once the matmuls stop being bound by memory bandwidth. A pass that
+verifies drafted tokens also reads the weights once, so each accepted draft token saves most of a step.
 """
 
 from __future__ import annotations

@@ -46,8 +46,8 @@ in fewer passes, since a pass over a few tokens costs about one decode step (bot
 ``stats`` counts drafted and accepted tokens. Sampling (``temperature > 0``) decodes one token a step.
 
 **Few-row matmuls on CPU.** ``x @ W.T`` with 1-16 rows of ``x`` goes to MKL kernels that repack or
-half-stream the weight; ``(W @ x.T).T`` streams it as stored, 1.3-3x faster per decode step (see
-:func:`_weight_times_rows`).
+half-stream the weight; ``(W @ x.T).T`` streams it as stored: a SmolLM2 decode step of 1-2 rows takes
+1.35-2.6x less time (see :func:`_weight_times_rows` and ``benchmarks/cpu_matmul_rows.py``).
 
 **Prefill** runs the engine's own forward over the new tokens only, packed (no padding in the
 matmuls), writing their keys/values straight into the cache; attention goes row by row on CPU
@@ -488,7 +488,7 @@ class RolloutEngine:
 
     def _linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """``F.linear`` for 2-d ``x``; on CPU in fp32, ``x`` of at most ``few_rows`` rows goes through
-        :func:`_weight_times_rows` (1.5-3x less time per decode step at 1-4 rows, see there); not in the
+        :func:`_weight_times_rows` (1.35-2.6x less time per decode step at 1-2 rows, see there); not in the
         ``legacy`` mode, which keeps the path before issue 15 for comparisons."""
         few = x.shape[0] <= self._few_limit and not self.legacy
         if few and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 2:
