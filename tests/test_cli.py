@@ -397,3 +397,12 @@ def test_eval_lm_reflection_writer(capsys) -> None:
     assert status == 0
     report = json.loads(out)
     assert report["cmat"]["reflection_writer"] == "lm" and report["cmat"]["reflections_written"] >= 1
+
+
+def test_eval_speculate_sets_the_draft_length(capsys) -> None:
+    pytest.importorskip("torch")
+    for extra, expected in (((), 8), (("--speculate", "0"), 0), (("--speculate", "3"), 3)):
+        args = cli.build_parser().parse_args(["eval", "--policy", "tiny-random", "--device", "cpu", *extra])
+        assert cli.build_policy(args).lm.speculate == expected
+    status, _, err = run_cli(capsys, "eval", "--policy", "tiny-random", "--speculate", "-1")
+    assert status != 0 and "--speculate must be >= 0" in err and "Traceback" not in err

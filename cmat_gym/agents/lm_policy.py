@@ -120,6 +120,8 @@ class LMPolicy:
     ) -> None:
         if backend not in ("auto", "engine", "hf"):
             raise ValueError(f"backend must be 'auto', 'engine' or 'hf', not {backend!r}")
+        if speculate < 0:
+            raise ValueError(f"speculate must be >= 0 (0: off), not {speculate}")
         self.model = model
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
