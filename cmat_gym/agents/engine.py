@@ -490,11 +490,14 @@ class RolloutEngine:
         """``F.linear`` for 2-d ``x``; on CPU in fp32, ``x`` of at most ``few_rows`` rows goes through
         :func:`_weight_times_rows` (1.35-2.6x less time per decode step at 1-2 rows, see there); not in the
         ``legacy`` mode, which keeps the path before issue 15 for comparisons."""
-        few = x.shape[0] <= self._few_limit and not self.legacy
-        if few and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 2:
+        if self._streams(x.shape[0]) and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 2:
             y = _weight_times_rows(weight, x)
             return y if bias is None else y + bias
         return F.linear(x, weight, bias)
+
+    def _streams(self, rows: int) -> bool:
+        """Whether a matmul over ``rows`` rows runs as :func:`_weight_times_rows` at the current thread count."""
+        return rows <= self._few_limit and not self.legacy
 
     def _attention(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
         """One query token per row: q ``[b, Hkv, G, D]``, k/v ``[b, Hkv, kvl, D]``, bias ``[b, 1, 1, kvl]``."""
@@ -555,7 +558,7 @@ class RolloutEngine:
             x = x + self._linear(F.silu(gate) * up, w.down[i])
         h = self._rms_norm(x, w.norm)
         if self._logits_buf is not None and h.dtype == torch.float32:  # CPU eager: into the step's buffer
-            if b <= self._few_limit and not self.legacy:
+            if self._streams(b):
                 return self._logits_buf[:b].copy_(_weight_times_rows(w.lm_head, h))
             return torch.mm(h, w.lm_head.t(), out=self._logits_buf[:b])
         return F.linear(h, w.lm_head).float()
@@ -1100,10 +1103,7 @@ class RolloutEngine:
         generated = tokens[:, :steps].tolist()
         self._count_time(started, decoding, steps)
         fed = max(steps - 1, 0)  # every token but the last went through a decode step: its KV is cached
-        if fed:
-            for j, p in enumerate(prompts):
-                self._row_tokens[j, len(p) : len(p) + fed] = torch.as_tensor(generated[j][:fed])
-                self._row_len[j] = len(p) + fed
+        self._hold_replies(prompts, [ids[:fed] for ids in generated])
         return _collect(generated, logprobs[:, :steps].tolist(), set(eos.tolist()))
 
     def _speculating(self, temperature: float) -> bool:
@@ -1143,7 +1143,7 @@ class RolloutEngine:
             context[j][: len(p)] = p
             context[j][len(p)] = generated[j][0]
         draft_len = [self.speculate] * n
-        active = [j for j in range(n) if generated[j][0] not in eos_ids and max_new > 1]
+        active = [j for j in range(n) if generated[j][0] not in eos_ids]
         passes = 0
         while active:
             drafts, suffixes, offsets = [], [], []
@@ -1184,12 +1184,16 @@ class RolloutEngine:
             active = still
         self._count_time(started, decoding, passes + 1)
         # Every token but the last went through a pass: its keys/values are cached.
-        for j, p in enumerate(prompts):
-            fed = len(generated[j]) - 1
-            if fed:
-                self._row_tokens[j, len(p) : len(p) + fed] = torch.as_tensor(generated[j][:fed])
-            self._row_len[j] = len(p) + fed
+        self._hold_replies(prompts, [ids[:-1] for ids in generated])
         return _collect(generated, logprobs, eos_ids)
+
+    def _hold_replies(self, prompts: Sequence[Sequence[int]], fed: Sequence[Sequence[int]]) -> None:
+        """Record that cache row ``j`` now also holds ``fed[j]`` (reply tokens whose keys/values a step or
+        pass wrote) after ``prompts[j]``."""
+        for j, (p, ids) in enumerate(zip(prompts, fed, strict=True)):
+            if ids:
+                self._row_tokens[j, len(p) : len(p) + len(ids)] = torch.as_tensor(ids)
+                self._row_len[j] = len(p) + len(ids)
 
     def _generate_chunk_legacy(
         self,
